@@ -1,0 +1,305 @@
+"""Sequence gradient features Phi (G2RL, eq. 5-8 and 14 of ../shared/docs/g2rl-paper.md).
+
+For a response y to prompt x, with final-layer states h_t (the input of the LM head),
+LM head z_t = W h_t + b (W is [V, d], Hugging Face ``lm_head.weight``) and
+p_t = softmax(z_t / T):
+
+    d log p(y_t) / d h_t = (1/T) W^T (e(y_t) - p_t)                       (eq. 6)
+    phi_t = W^T (e(y_t) - p_t) = W[y_t] - sum_v p_t[v] W[v]                 (eq. 7, 14)
+    Phi   = sum_t a_t phi_t,   a_t = alpha_t / (sum_s alpha_s + eps)        (eq. 8)
+
+We use the residual-sum identity (exact algebra)
+
+    Phi = sum_t a_t W[y_t]  -  W^T ( sum_t a_t p_t )
+
+so each response costs one [V] x [V, d] product instead of one per token, and the
+per-token softmax is the one the log-prob pass computes anyway. ``sequence_features``
+returns Phi, the log-probs of the realised tokens and the token entropies from a single
+pass over the vocabulary, chunked over tokens so that no [B, T, V] tensor is ever held.
+
+``literal_sequence_features`` is the per-token eq. 14 written out literally; it is the
+reference for the tests and the benchmark, not for production use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+#: eps of eq. 8, in the token-weight normaliser a_t = alpha_t / (sum_s alpha_s + eps).
+TOKEN_WEIGHT_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class SequenceFeatures:
+    """Output of one fused pass.
+
+    phi: [B, d] sequence gradient features (eq. 8); zero for a response with no tokens.
+    logprobs: [B, T] log p(y_t) at the given temperature; 0 where response_mask is 0.
+    entropy: [B, T] entropy of p_t at the given temperature; 0 where response_mask is 0.
+    """
+
+    phi: Tensor
+    logprobs: Tensor
+    entropy: Tensor
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics are accumulated in float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _masked_token_chunks(
+    hidden_states: Tensor,
+    lm_head_weight: Tensor,
+    lm_head_bias: Tensor | None,
+    token_ids: Tensor,
+    token_mask: Tensor,
+    temperature: float,
+    chunk_size: int | None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """Yield (flat_index, probs, logprob, entropy, token_id) per chunk of masked tokens.
+
+    Only positions with ``token_mask != 0`` are computed. ``flat_index`` indexes the
+    flattened [B * T] grid; ``probs`` is the [c, V] softmax of the chunk at ``temperature``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    B, T, d = hidden_states.shape
+    if lm_head_weight.shape[1] != d:
+        raise ValueError(
+            f"lm_head_weight has shape {tuple(lm_head_weight.shape)}; expected [V, {d}] to match hidden_states"
+        )
+    if token_ids.shape != (B, T) or token_mask.shape != (B, T):
+        raise ValueError(
+            f"response_ids {tuple(token_ids.shape)} and response_mask {tuple(token_mask.shape)} "
+            f"must both have shape [B, T] = {(B, T)}"
+        )
+    flat_index = token_mask.reshape(-1).nonzero().squeeze(-1)
+    flat_h = hidden_states.reshape(B * T, d)
+    flat_ids = token_ids.reshape(-1)
+    step = chunk_size or max(int(flat_index.numel()), 1)
+    acc = _compute_dtype(hidden_states.dtype)
+    for start in range(0, int(flat_index.numel()), step):
+        idx = flat_index[start : start + step]
+        logits = flat_h.index_select(0, idx) @ lm_head_weight.T
+        if lm_head_bias is not None:
+            logits = logits + lm_head_bias
+        logits = logits.to(acc) / temperature
+        log_z = torch.logsumexp(logits, dim=-1)
+        probs = torch.exp(logits - log_z.unsqueeze(-1))
+        ids = flat_ids.index_select(0, idx)
+        logprob = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - log_z
+        entropy = log_z - (probs * logits).sum(-1)
+        yield idx, probs, logprob, entropy, ids
+
+
+def token_logprobs_and_entropy(
+    hidden_states: Tensor,
+    lm_head_weight: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    *,
+    lm_head_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Log p(y_t) and entropy of p_t at ``temperature``, [B, T] each, 0 off the mask.
+
+    This is what a GRPO trainer computes every step without G2RL (the benchmark's
+    baseline). It is differentiable, so the trainer's update pass uses it too.
+    """
+    B, T, _ = hidden_states.shape
+    acc = _compute_dtype(hidden_states.dtype)
+    logprobs = hidden_states.new_zeros(B * T, dtype=acc)
+    entropy = hidden_states.new_zeros(B * T, dtype=acc)
+    for idx, _probs, logprob, ent, _ids in _masked_token_chunks(
+        hidden_states, lm_head_weight, lm_head_bias, response_ids, response_mask, temperature, chunk_size
+    ):
+        logprobs = logprobs.index_copy(0, idx, logprob)
+        entropy = entropy.index_copy(0, idx, ent)
+    return logprobs.view(B, T), entropy.view(B, T)
+
+
+def normalized_token_weights(response_mask: Tensor, token_weights: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """a_t = alpha_t / (sum_s alpha_s + eps) of eq. 8, with alpha_t = 0 off the mask. [B, T]."""
+    alpha = response_mask.to(dtype)
+    if token_weights is not None:
+        if token_weights.shape != response_mask.shape:
+            raise ValueError(
+                f"token_weights has shape {tuple(token_weights.shape)}; expected {tuple(response_mask.shape)}"
+            )
+        if bool((token_weights < 0).any()):
+            raise ValueError("token_weights must be non-negative")
+        alpha = alpha * token_weights.to(dtype)
+    return alpha / (alpha.sum(-1, keepdim=True) + TOKEN_WEIGHT_EPS)
+
+
+@torch.no_grad()
+def sequence_features(
+    hidden_states: Tensor,
+    lm_head_weight: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    *,
+    lm_head_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    token_weights: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> SequenceFeatures:
+    """Phi (eq. 8), log-probs and entropies from ONE chunked pass over the vocabulary.
+
+    Args:
+        hidden_states: [B, T, d] final-layer states whose LM-head outputs predict
+            ``response_ids`` (the caller has already shifted by one position).
+        lm_head_weight: [V, d] LM-head matrix W.
+        response_ids: [B, T] realised tokens y_t.
+        response_mask: [B, T], 1 on response tokens, 0 on prompt and padding.
+        lm_head_bias: optional [V] bias b of the LM head.
+        temperature: T of p_t = softmax(z_t / T); the rollout's sampling temperature.
+        token_weights: optional [B, T] non-negative alpha_t; default 1 on the mask.
+        chunk_size: tokens per chunk; None processes all masked tokens at once.
+            Peak extra memory is O(chunk_size * V + B * V).
+
+    Returns:
+        SequenceFeatures with phi [B, d], logprobs [B, T], entropy [B, T]. A response
+        with an empty mask (or all-zero weights) gets phi = 0.
+
+    Each response needs one [V] x [V, d] product: Phi = sum_t a_t W[y_t] - W^T sum_t a_t p_t.
+    Phi is returned in the compute dtype (float32, or float64 for float64 inputs).
+    """
+    B, T, d = hidden_states.shape
+    acc = _compute_dtype(hidden_states.dtype)
+    a = normalized_token_weights(response_mask, token_weights, acc).reshape(-1)
+    batch_of_token = torch.arange(B, device=hidden_states.device).repeat_interleave(T)
+    logprobs = hidden_states.new_zeros(B * T, dtype=acc)
+    entropy = hidden_states.new_zeros(B * T, dtype=acc)
+    # sum_t a_t p_t per response, in vocabulary space: [B, V]
+    prob_residual = hidden_states.new_zeros(B, lm_head_weight.shape[0], dtype=acc)
+    # sum_t a_t W[y_t] per response: [B, d]
+    realised = hidden_states.new_zeros(B, d, dtype=acc)
+    for idx, probs, logprob, ent, ids in _masked_token_chunks(
+        hidden_states, lm_head_weight, lm_head_bias, response_ids, response_mask, temperature, chunk_size
+    ):
+        logprobs.index_copy_(0, idx, logprob)
+        entropy.index_copy_(0, idx, ent)
+        a_chunk = a.index_select(0, idx)
+        owner = batch_of_token.index_select(0, idx)
+        # [B, c] matrix placing each token's weight a_t in its response's row.
+        scatter = hidden_states.new_zeros(B, idx.numel(), dtype=acc)
+        scatter[owner, torch.arange(idx.numel(), device=idx.device)] = a_chunk
+        prob_residual += scatter @ probs
+        realised.index_add_(0, owner, a_chunk.unsqueeze(-1) * lm_head_weight.index_select(0, ids).to(acc))
+    phi = realised - prob_residual @ lm_head_weight.to(acc)
+    return SequenceFeatures(phi=phi, logprobs=logprobs.view(B, T), entropy=entropy.view(B, T))
+
+
+@torch.no_grad()
+def literal_sequence_features(
+    hidden_states: Tensor,
+    lm_head_weight: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    *,
+    lm_head_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    token_weights: Tensor | None = None,
+) -> Tensor:
+    """Reference Phi [B, d] by eq. 14 token by token: phi_t = W[y_t] - sum_v p_t[v] W[v].
+
+    One [V] x [V, d] product per token: the cost the residual-sum identity avoids.
+    """
+    B, T, d = hidden_states.shape
+    acc = _compute_dtype(hidden_states.dtype)
+    a = normalized_token_weights(response_mask, token_weights, acc)
+    W = lm_head_weight.to(acc)
+    phi = hidden_states.new_zeros(B, d, dtype=acc)
+    for b in range(B):
+        for t in range(T):
+            if response_mask[b, t] == 0:
+                continue
+            z = hidden_states[b, t].to(acc) @ W.T
+            if lm_head_bias is not None:
+                z = z + lm_head_bias.to(acc)
+            p_t = torch.softmax(z / temperature, dim=-1)
+            phi_t = W[response_ids[b, t]] - p_t @ W
+            phi[b] += a[b, t] * phi_t
+    return phi
+
+
+# --- Hugging Face causal LMs -------------------------------------------------------------
+
+
+def lm_head_parameters(model: torch.nn.Module) -> tuple[Tensor, Tensor | None]:
+    """(W [V, d], b [V] or None) of a Hugging Face causal LM's output embedding."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head) with a weight")
+    return head.weight, getattr(head, "bias", None)
+
+
+def final_hidden_states(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """[B, L, d] states the LM head consumes (after the final norm), for left/right padded input.
+
+    Runs the decoder only (``model.base_model``), so no [B, L, V] logits are built.
+    Position ids count only attended tokens, so left padding does not shift positions.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    return out.last_hidden_state
+
+
+def response_hidden_states(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+) -> Tensor:
+    """[B, R, d] states that predict each response token (already shifted by one).
+
+    Layout as in verl: prompts [B, P] left-padded, responses [B, R] right-padded.
+    """
+    if prompt_ids.shape[1] < 1:
+        raise ValueError("prompt_ids must hold at least one token: it predicts the first response token")
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    hidden = final_hidden_states(model, input_ids, attention_mask)
+    P = prompt_ids.shape[1]
+    return hidden[:, P - 1 : -1]
+
+
+@torch.no_grad()
+def causal_lm_sequence_features(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    token_weights: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> SequenceFeatures:
+    """The old-policy pass: Phi, log-probs and entropies of ``response_ids`` under ``model``.
+
+    One decoder forward pass plus one chunked pass over the vocabulary; the logits of the
+    prompt are never computed. Shapes: prompts [B, P] left-padded, responses [B, R].
+    """
+    hidden = response_hidden_states(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    weight, bias = lm_head_parameters(model)
+    return sequence_features(
+        hidden,
+        weight,
+        response_ids,
+        response_mask,
+        lm_head_bias=bias,
+        temperature=temperature,
+        token_weights=token_weights,
+        chunk_size=chunk_size,
+    )

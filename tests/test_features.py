@@ -1,0 +1,183 @@
+"""Phi (eq. 5-8, 14) against autograd, the literal eq. 14, chunking and padding."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import tiny_qwen3
+from g2rl_core.features import (
+    causal_lm_sequence_features,
+    final_hidden_states,
+    lm_head_parameters,
+    literal_sequence_features,
+    sequence_features,
+    token_logprobs_and_entropy,
+)
+
+
+def _with_bias(model):
+    """Replace the head by an untied Linear with a random bias (Qwen3 has none)."""
+    old = model.get_output_embeddings()
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True, dtype=old.weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.normal_(0.0, 2.0)
+    model.set_output_embeddings(head)
+    return model
+
+
+def _relative_error(x, y):
+    return ((x - y).norm() / y.norm()).item()
+
+
+def _batch(vocab, seed=1, B=3, P=5, R=7):
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids = torch.randint(0, vocab, (B, P), generator=g)
+    response_ids = torch.randint(0, vocab, (B, R), generator=g)
+    prompt_mask = torch.ones(B, P, dtype=torch.long)
+    response_mask = torch.ones(B, R, dtype=torch.long)
+    prompt_mask[1, :2] = 0  # left padding
+    response_mask[2, 4:] = 0  # right padding
+    response_mask[1, 6:] = 0
+    return prompt_ids, prompt_mask, response_ids, response_mask
+
+
+@pytest.mark.parametrize("variant", ["tied", "untied", "bias"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_phi_equals_scaled_autograd_gradient(variant, temperature):
+    model = tiny_qwen3(tie_word_embeddings=(variant == "tied")).double()
+    if variant == "bias":
+        model = _with_bias(model)
+    if variant == "tied":
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    prompt_ids, prompt_mask, response_ids, response_mask = _batch(model.config.vocab_size)
+    weights = torch.rand(response_ids.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    feats = causal_lm_sequence_features(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=temperature, token_weights=weights
+    )
+
+    # Autograd: d/dh_t of sum_t alpha_t log p(y_t), h the input of the LM head.
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    with torch.no_grad():
+        h = final_hidden_states(model, ids, mask)
+    h = h.detach().requires_grad_(True)
+    logits = model.get_output_embeddings()(h)
+    with torch.no_grad():  # h must be the state the LM head consumes
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        full_logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(logits.detach(), full_logits, rtol=1e-10, atol=1e-10)
+    P = prompt_ids.shape[1]
+    logp = torch.log_softmax(logits[:, P - 1 : -1] / temperature, -1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    alpha = weights * response_mask
+    (grad,) = torch.autograd.grad((alpha * logp).sum(), h)
+    expected = temperature / alpha.sum(-1, keepdim=True) * grad.sum(1)
+
+    assert _relative_error(feats.phi, expected) <= 1e-6
+    torch.testing.assert_close(feats.logprobs, (logp * response_mask).detach(), rtol=1e-10, atol=1e-10)
+
+
+def _random_head(seed, B=3, T=6, d=8, V=23, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, T, d, generator=g, dtype=dtype)
+    W = 3 * torch.randn(V, d, generator=g, dtype=dtype)
+    b = torch.randn(V, generator=g, dtype=dtype)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).long()
+    return h, W, b, ids, mask
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), chunk=st.integers(1, 20), temperature=st.floats(0.3, 2.0))
+def test_fused_pass_matches_literal_eq14_for_any_chunk(seed, chunk, temperature):
+    h, W, b, ids, mask = _random_head(seed)
+    literal = literal_sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=temperature)
+    whole = sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=temperature)
+    chunked = sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=temperature, chunk_size=chunk)
+    torch.testing.assert_close(whole.phi, literal, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(chunked.phi, whole.phi, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(chunked.logprobs, whole.logprobs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked.entropy, whole.entropy, rtol=1e-12, atol=1e-12)
+
+
+def test_logprobs_and_entropy_match_dense_softmax():
+    h, W, b, ids, mask = _random_head(7)
+    logits = (h @ W.T + b) / 0.8
+    logp_all = torch.log_softmax(logits, -1)
+    expected_lp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    expected_ent = -(logp_all.exp() * logp_all).sum(-1) * mask
+    feats = sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=0.8, chunk_size=4)
+    lp, ent = token_logprobs_and_entropy(h, W, ids, mask, lm_head_bias=b, temperature=0.8, chunk_size=5)
+    for got_lp, got_ent in [(feats.logprobs, feats.entropy), (lp, ent)]:
+        torch.testing.assert_close(got_lp, expected_lp, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_ent, expected_ent, rtol=1e-12, atol=1e-12)
+
+
+def test_logprobs_are_differentiable_for_the_update_pass():
+    h, W, b, ids, mask = _random_head(8)
+    h.requires_grad_(True)
+    lp, _ = token_logprobs_and_entropy(h, W, ids, mask, lm_head_bias=b, chunk_size=3)
+    (grad,) = torch.autograd.grad(lp.sum(), h)
+    assert grad.abs().sum() > 0
+    assert torch.all(grad[mask == 0] == 0)
+
+
+def test_padding_and_prompt_do_not_change_phi():
+    model = tiny_qwen3(tie_word_embeddings=False).double()
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, V, (1, 4), generator=g)
+    response = torch.randint(0, V, (1, 6), generator=g)
+    alone = causal_lm_sequence_features(model, prompt, torch.ones_like(prompt), response, torch.ones_like(response))
+
+    # Same sequence left-padded by 3 and right-padded by 5, next to another sequence.
+    pad_p = torch.cat([torch.full((1, 3), 7), prompt], 1)
+    pad_r = torch.cat([response, torch.full((1, 5), 11)], 1)
+    mask_p = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)], 1)
+    mask_r = torch.cat([torch.ones(1, 6, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long)], 1)
+    other_p = torch.randint(0, V, (1, 7), generator=g)
+    other_r = torch.randint(0, V, (1, 11), generator=g)
+    batched = causal_lm_sequence_features(
+        model,
+        torch.cat([pad_p, other_p]),
+        torch.cat([mask_p, torch.ones_like(other_p)]),
+        torch.cat([pad_r, other_r]),
+        torch.cat([mask_r, torch.ones_like(other_r)]),
+        chunk_size=4,
+    )
+    torch.testing.assert_close(batched.phi[0], alone.phi[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(batched.logprobs[0, :6], alone.logprobs[0], rtol=1e-9, atol=1e-9)
+    assert torch.all(batched.logprobs[0, 6:] == 0)
+
+    # Changing padded-out response tokens does not change Phi either.
+    pad_r2 = pad_r.clone()
+    pad_r2[0, 6:] = 3
+    again = causal_lm_sequence_features(model, pad_p, mask_p, pad_r2, mask_r)
+    torch.testing.assert_close(again.phi[0], alone.phi[0], rtol=1e-9, atol=1e-9)
+
+
+def test_empty_response_gives_zero_phi_and_float32_inputs_work():
+    h, W, b, ids, mask = _random_head(9, dtype=torch.float32)
+    mask[0] = 0
+    feats = sequence_features(h, W, ids, mask, chunk_size=2)
+    assert feats.phi.dtype == torch.float32
+    assert torch.all(feats.phi[0] == 0)
+    ref = literal_sequence_features(h.double(), W.double(), ids, mask)
+    torch.testing.assert_close(feats.phi.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_lm_head_parameters_and_input_errors():
+    model = tiny_qwen3(tie_word_embeddings=True)
+    W, b = lm_head_parameters(model)
+    assert W.shape == (model.config.vocab_size, model.config.hidden_size) and b is None
+    h, W, b, ids, mask = _random_head(1)
+    with pytest.raises(ValueError, match="temperature"):
+        sequence_features(h, W, ids, mask, temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        sequence_features(h, W, ids, mask, chunk_size=0)
+    with pytest.raises(ValueError, match="lm_head_weight"):
+        sequence_features(h, W[:, :3], ids, mask)
+    with pytest.raises(ValueError, match="token_weights"):
+        sequence_features(h, W, ids, mask, token_weights=-torch.ones(ids.shape))
