@@ -1,0 +1,210 @@
+"""Benchmark loaders: MATH-500, AMC23, AIME24, AIME25, GPQA-Diamond, MMLU-Pro and MATH train.
+
+Every benchmark becomes a list of ``Problem`` records. By default a benchmark loads from the
+Hugging Face hub (dataset ids below; the resolved commit is recorded in ``Benchmark.source``);
+a local JSONL file overrides it. The local schema is the one of ../shared/data (see its
+README): ``{"id", "problem", "answer", ...}`` for math and
+``{"id", "question", "choices" | "options", "answer": letter, ...}`` for multiple choice.
+Synthetic tasks (the tiny profile) write the same schema and load through ``load_jsonl``.
+
+Prompts follow the paper (SimpleRL-Zoo style): the question, for multiple choice the
+lettered options, then "Please reason step by step, and put your final answer within
+\\boxed{}." A chat template, if the model has one, is applied later by the rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from g2rl_core.verifier import CHOICE_LETTERS, last_boxed
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One evaluation or training problem. ``kind`` is "math" or "choice"."""
+
+    id: str
+    prompt: str
+    answer: str
+    kind: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    problems: list[Problem]
+    source: str  # "hub:<id>@<commit>" or "file:<path>"
+
+
+def math_prompt(problem: str) -> str:
+    return f"{problem.strip()}\n{INSTRUCTION}"
+
+
+def choice_prompt(question: str, options: list[str]) -> str:
+    if not 2 <= len(options) <= len(CHOICE_LETTERS):
+        raise ValueError(f"a multiple-choice question needs 2-{len(CHOICE_LETTERS)} options, got {len(options)}")
+    lettered = "\n".join(f"{letter}. {str(option).strip()}" for letter, option in zip(CHOICE_LETTERS, options))
+    return f"{question.strip()}\n\n{lettered}\n{INSTRUCTION}"
+
+
+def problem_from_row(row: dict[str, Any], kind: str, where: str) -> Problem:
+    """A Problem from one row of the local schema; ``where`` names the row in errors."""
+    try:
+        pid, answer = str(row["id"]), str(row["answer"])
+        if kind == "math":
+            prompt = math_prompt(row["problem"])
+            used = {"id", "problem", "answer"}
+        else:
+            options = row["choices"] if "choices" in row else row["options"]
+            prompt = choice_prompt(row["question"], list(options))
+            used = {"id", "question", "choices", "options", "answer"}
+            if answer not in CHOICE_LETTERS[: len(options)]:
+                raise ValueError(f"answer {answer!r} is not one of the {len(options)} option letters")
+    except KeyError as missing:
+        raise ValueError(f"{where}: missing field {missing} for a {kind!r} problem") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    if not pid or not answer:
+        raise ValueError(f"{where}: empty 'id' or 'answer'")
+    return Problem(pid, prompt, answer, kind, {k: v for k, v in row.items() if k not in used})
+
+
+def load_jsonl(path: str | Path, kind: str, *, name: str | None = None, limit: int | None = None) -> Benchmark:
+    """Load a JSONL file of the local schema. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {name or path.stem!r}: no file at {path}")
+    problems = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            problems.append(problem_from_row(row, kind, f"{path}:{lineno}"))
+            if limit is not None and len(problems) >= limit:
+                break
+    return Benchmark(name or path.stem, problems, f"file:{path}")
+
+
+# --- the paper's benchmarks -------------------------------------------------------------------
+
+
+def _gpqa_row(row: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The official GPQA CSV lists the correct answer first; shuffle as ../shared/data did."""
+    options = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"]]
+    perm = [0, 1, 2, 3]
+    rng.shuffle(perm)
+    return {
+        "id": row["Record ID"],
+        "question": row["Question"].strip(),
+        "choices": [options[k].strip() for k in perm],
+        "answer": "ABCD"[perm.index(0)],
+    }
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    kind: str
+    local_file: str  # file name in ../shared/data
+    hub_id: str
+    split: str
+    hub_config: str | None = None
+    # Maps one hub row (and a seeded rng, for shuffles) to the local schema.
+    to_local: Callable[[dict[str, Any], random.Random], dict[str, Any]] = lambda row, rng: row
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    spec.name: spec
+    for spec in [
+        BenchmarkSpec(
+            "math500", "math", "math500.jsonl", "HuggingFaceH4/MATH-500", "test",
+            to_local=lambda r, _: {"id": r["unique_id"], "problem": r["problem"], "answer": r["answer"]},
+        ),
+        BenchmarkSpec(
+            "aime24", "math", "aime24.jsonl", "HuggingFaceH4/aime_2024", "train",
+            to_local=lambda r, _: {"id": str(r["id"]), "problem": r["problem"], "answer": str(int(r["answer"]))},
+        ),
+        BenchmarkSpec(
+            "aime25", "math", "aime25.jsonl", "math-ai/aime25", "test",
+            to_local=lambda r, _: {"id": str(r["id"]), "problem": r["problem"], "answer": str(int(float(r["answer"])))},
+        ),
+        BenchmarkSpec(
+            "amc23", "math", "amc23.jsonl", "math-ai/amc23", "test",
+            to_local=lambda r, _: {"id": str(r["id"]), "problem": r["question"], "answer": str(int(float(r["answer"])))},
+        ),
+        BenchmarkSpec(
+            "math_train", "math", "math_train.jsonl", "DigitalLearningGmbH/MATH-lighteval", "train",
+            # no id on the hub: the loader numbers the rows
+            to_local=lambda r, _: {"problem": r["problem"], "answer": last_boxed(r["solution"]) or "",
+                                   "level": r["level"], "type": r["type"]},
+        ),
+        BenchmarkSpec("gpqa_diamond", "choice", "gpqa_diamond.jsonl", "Idavidrein/gpqa", "train", "gpqa_diamond", _gpqa_row),
+        BenchmarkSpec(
+            "mmlu_pro", "choice", "mmlu_pro.jsonl", "TIGER-Lab/MMLU-Pro", "test",
+            to_local=lambda r, _: {"id": str(r["question_id"]), "question": r["question"], "options": r["options"],
+                                   "answer": r["answer"], "category": r["category"]},
+        ),
+    ]
+}
+
+
+def _how_to_provide(spec: BenchmarkSpec) -> str:
+    return (
+        f"Provide it with local_path=<file> (CLI: --data-dir DIR holding {spec.local_file}); this repository's "
+        f"tests and tiny profile use ../shared/data/{spec.local_file}. Or make the hub reachable "
+        f"(huggingface-cli login for gated sets; unset HF_HUB_OFFLINE)."
+    )
+
+
+def load_benchmark(
+    name: str,
+    *,
+    local_path: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    revision: str = "main",
+    limit: int | None = None,
+) -> Benchmark:
+    """Load one of ``BENCHMARKS`` from a local JSONL (``local_path``, or ``data_dir/<file>``)
+    or, by default, from the Hugging Face hub at ``revision``."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    spec = BENCHMARKS[name]
+    if local_path is None and data_dir is not None:
+        local_path = Path(data_dir) / spec.local_file
+    if local_path is not None:
+        if not Path(local_path).is_file():
+            raise FileNotFoundError(f"benchmark {name!r}: no file at {local_path}. {_how_to_provide(spec)}")
+        return load_jsonl(local_path, spec.kind, name=name, limit=limit)
+    try:
+        import datasets
+        from huggingface_hub import HfApi
+
+        commit = HfApi().dataset_info(spec.hub_id, revision=revision).sha
+        rows = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split, revision=commit)
+    except Exception as err:  # offline, gated, renamed: all end here with the way out
+        raise RuntimeError(
+            f"benchmark {name!r}: could not load hub dataset {spec.hub_id}"
+            f"{'/' + spec.hub_config if spec.hub_config else ''} (split {spec.split}, revision {revision}): "
+            f"{type(err).__name__}: {err}. {_how_to_provide(spec)}"
+        ) from err
+    rng = random.Random(0)
+    problems = []
+    for i, row in enumerate(rows):
+        local = {"id": f"{name}-{i}", **spec.to_local(dict(row), rng)}
+        problems.append(problem_from_row(local, spec.kind, f"{spec.hub_id} row {i}"))
+        if limit is not None and len(problems) >= limit:
+            break
+    return Benchmark(name, problems, f"hub:{spec.hub_id}@{commit}")
+
