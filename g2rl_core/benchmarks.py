@@ -208,3 +208,12 @@ def load_benchmark(
             break
     return Benchmark(name, problems, f"hub:{spec.hub_id}@{commit}")
 
+
+
+def load_problems(source: str, kind: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
+    """Problems from a benchmark name in ``BENCHMARKS`` (hub, or ``data_dir``) or a JSONL path."""
+    if source in BENCHMARKS:
+        return load_benchmark(source, data_dir=data_dir, limit=limit).problems
+    if not source.endswith(".jsonl"):
+        raise ValueError(f"data source {source!r} is neither a known benchmark ({', '.join(BENCHMARKS)}) nor a .jsonl path")
+    return load_jsonl(source, kind, limit=limit).problems

@@ -1,0 +1,139 @@
+"""The ``g2rl`` command line: sft, train, eval.
+
+    g2rl sft   --profile tiny --out artifacts/tiny
+    g2rl train --profile tiny --method g2rl --seed 0 --out runs/tiny/g2rl/seed0
+    g2rl eval  --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
+
+``--set field=value`` overrides any TrainConfig field. Errors name the bad field, value or
+path and say what is allowed; they print as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from g2rl_core.config import ConfigError, from_mapping, load_profile, parse_overrides
+
+
+def cmd_sft(args) -> None:
+    """Build the tiny base: task data, tokenizer and random Qwen3 model, supervised warm start."""
+    import torch
+
+    from g2rl_core import tiny
+
+    profile = load_profile(args.profile, args.params)
+    if not profile.sft:
+        raise ConfigError(f"profile {profile.name!r} has no 'sft' section: only the tiny profile builds its base model")
+    settings = dict(profile.sft)
+    model_cfg = from_mapping(tiny.TinyModelConfig, settings.pop("model", {}), f"profile {profile.name!r} sft.model")
+    task_seed = settings.pop("task_seed", 0)
+    sft_cfg = from_mapping(tiny.SFTConfig, settings, f"profile {profile.name!r} sft")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    out = Path(args.out)
+    paths = tiny.write_task(out / "data", seed=task_seed)
+    tokenizer = tiny.build_tokenizer()
+    model = tiny.build_model(tokenizer, model_cfg, seed=sft_cfg.seed)
+    rows = {name: [json.loads(line) for line in open(path)] for name, path in paths.items()}
+    start = time.perf_counter()
+    losses = tiny.sft(model, tokenizer, rows["train"], rows["choice"], sft_cfg)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out / "base")
+    tokenizer.save_pretrained(out / "base")
+    summary = {"sft_seconds": time.perf_counter() - start, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+               "parameters": sum(p.numel() for p in model.parameters()), "splits": {k: len(v) for k, v in rows.items()}}
+    (out / "base" / "sft_summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+def cmd_train(args) -> None:
+    from g2rl_core.trainer import Trainer
+
+    profile = load_profile(args.profile, args.params)
+    cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
+    final = Trainer(cfg, args.out).train()
+    print(f"final model: {final}")
+
+
+def cmd_eval(args) -> None:
+    import pandas as pd
+
+    from g2rl_core.benchmarks import load_problems
+    from g2rl_core.evaluation import run_eval
+    from g2rl_core.rollout import make_rollout
+    from g2rl_core.trainer import load_policy
+
+    profile = load_profile(args.profile, args.params)
+    cfg = profile.train_config(args.method, args.seed, model=args.model, **parse_overrides(args.set))
+    settings = dict(profile.eval)
+    benchmarks = settings.pop("benchmarks", None)
+    if not benchmarks:
+        raise ConfigError(f"profile {profile.name!r} has no eval.benchmarks")
+    model, tokenizer = load_policy(args.model)
+    backend = make_rollout(cfg, model, tokenizer)
+    out = Path(args.out)
+    summaries = []
+    selected = args.benchmarks or list(benchmarks)
+    for name in selected:
+        if name not in benchmarks:
+            raise ConfigError(f"benchmark {name!r} is not in profile {profile.name!r} eval.benchmarks: {sorted(benchmarks)}")
+        spec = {"n": 16, "ks": [1, 16], "temperature": 0.8, "top_p": 1.0, "limit": None,
+                "max_new_tokens": cfg.max_response_length, "kind": "math", **settings, **benchmarks[name]}
+        unknown = sorted(set(spec) - {"n", "ks", "temperature", "top_p", "limit", "max_new_tokens", "kind", "source"})
+        if unknown or "source" not in spec:
+            raise ConfigError(f"profile {profile.name!r} eval.benchmarks.{name}: needs 'source'; unknown field(s) {unknown}")
+        problems = load_problems(spec["source"], spec["kind"], cfg.data_dir, limit=args.limit or spec["limit"])
+        labels = {"model": args.model_label or args.model, "method": args.method, "seed": args.seed, "benchmark": name}
+        summaries.append(run_eval(backend, problems, samples_csv=out / f"samples_{name}.csv", summary_csv=out / f"summary_{name}.csv",
+                                  labels=labels, n=spec["n"], ks=spec["ks"], temperature=spec["temperature"],
+                                  top_p=spec["top_p"], max_new_tokens=spec["max_new_tokens"], seed=args.seed))
+    summary = pd.concat(summaries, ignore_index=True)
+    summary.to_csv(out / "summary.csv", index=False)
+    print(summary[~summary.metric.str.endswith("unbiased")].to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="g2rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="parameter file with the profiles")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sft", help="build the tiny base model (tiny profile)")
+    p.add_argument("--profile", default=None, help="profile in params.yaml (default: its 'profile' key)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("train", help="GRPO training with one exploration method")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--method", required=True, help="grpo | entropy | evol | g2rl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (resumes from its checkpoint)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="sample n responses per problem and write samples + summary CSVs")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--model", required=True, help="model directory or hub name")
+    p.add_argument("--model-label", default=None, help="value of the 'model' column (default: --model)")
+    p.add_argument("--method", default="grpo", help="value of the 'method' column")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--benchmarks", nargs="*", default=None, help="subset of the profile's eval benchmarks")
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
+    p.set_defaults(func=cmd_eval)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"g2rl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

