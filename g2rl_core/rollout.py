@@ -62,12 +62,12 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+def right_pad(rows: list[list], pad: float, dtype: torch.dtype = torch.long) -> tuple[Tensor, Tensor]:
     width = max(1, max(map(len, rows)))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad, dtype=dtype)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids[i, : len(row)] = torch.tensor(row, dtype=dtype)
         mask[i, : len(row)] = 1
     return ids, mask
 
@@ -90,9 +90,10 @@ def eos_token_ids(tokenizer, model_config=None) -> set[int]:
 class TransformersRollout:
     """Batched sampling with ``model.generate``; samples from the trained model in place."""
 
-    def __init__(self, model, tokenizer, *, chat_template: bool = False, batch_size: int = 256):
+    def __init__(self, model, tokenizer, *, chat_template: bool = False, batch_size: int = 256, return_logprobs: bool = False):
+        """``return_logprobs`` keeps the sampler's [N, R, V] logits to report its log-probs (tests, debugging)."""
         self.model, self.tokenizer = model, tokenizer
-        self.chat_template, self.batch_size = chat_template, batch_size
+        self.chat_template, self.batch_size, self.return_logprobs = chat_template, batch_size, return_logprobs
         self.eos = eos_token_ids(tokenizer, model.config)
 
     @torch.no_grad()
@@ -104,6 +105,7 @@ class TransformersRollout:
         was_training = self.model.training
         self.model.eval()
         responses: list[list[int]] = []
+        sampler_logprobs: list[list[float]] = []
         try:
             for start in range(0, len(expanded), self.batch_size):
                 ids = prompt_ids[start : start + self.batch_size]
@@ -118,15 +120,25 @@ class TransformersRollout:
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=sorted(self.eos),
+                    return_dict_in_generate=True,
+                    output_logits=self.return_logprobs,
                 )
-                for row in out[:, ids.shape[1] :].tolist():
+                new_tokens = out.sequences[:, ids.shape[1] :]
+                for row in new_tokens.tolist():
                     responses.append(truncate_at_eos(row, self.eos))
+                if self.return_logprobs:
+                    logits = torch.stack(out.logits, dim=1).float() / temperature  # [b, R, V]
+                    chosen = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+                    sampler_logprobs.extend(chosen.tolist())
         finally:
             torch.random.set_rng_state(generator_state)
             self.model.train(was_training)
         response_ids, response_mask = right_pad(responses, self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, texts)
+        reported = None
+        if self.return_logprobs:
+            reported = right_pad([lp[: len(r)] for lp, r in zip(sampler_logprobs, responses)], 0.0, torch.float32)[0]
+        return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, texts, reported)
 
     def sync_weights(self, model) -> None:
         if model is not self.model:

@@ -39,3 +39,43 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A small base model (2 layers, d=32) after a short warm start, its task data, and a params file."""
+    import json
+
+    import yaml
+
+    from g2rl_core import tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    paths = tiny.write_task(root / "data", seed=0)
+    tokenizer = tiny.build_tokenizer()
+    model = tiny.build_model(
+        tokenizer, tiny.TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_key_value_heads=2)
+    )
+    rows = [json.loads(line) for line in open(paths["train"])]
+    tiny.sft(model, tokenizer, rows, [], tiny.SFTConfig(steps=40, batch_size=16, warmup_steps=5))
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    train = {
+        "model": str(root / "base"), "train_data": str(paths["train"]), "val_data": str(paths["hard"]),
+        "prompts_per_step": 4, "rollouts_per_prompt": 4, "ppo_mini_batch_size": 2, "ppo_micro_batch_size": 8,
+        "lr": 1.0e-3, "max_response_length": 40, "steps": 12, "val_every": 4, "val_problems": 4, "val_samples": 2,
+        "checkpoint_every": 3, "threads": 1, "feature_chunk_size": 64,
+    }
+    params = {
+        "profile": "tiny",
+        "profiles": {"tiny": {
+            "train": train,
+            "methods": {"entropy": {"entropy_coeff": 0.01}, "g2rl": {"lam": 1.0}},
+            "eval": {"n": 4, "ks": [1, 4], "max_new_tokens": 40, "benchmarks": {
+                "easy": {"source": str(paths["easy"])},
+                "choice": {"source": str(paths["choice"]), "kind": "choice"},
+            }},
+        }},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root

@@ -1,0 +1,58 @@
+"""Benchmark: median training-step time per exploration method on the tiny profile.
+
+Every method starts from the same base model with the same seed. By default the learning
+rate is 1e-12 so that all methods sample identical rollouts: the step times then differ
+only by each method's own work (G2RL: nu and shaping; EVOL-RL: the sentence encoder;
+entropy: the bonus term). ``--profile-lr`` uses the profile's learning rate instead.
+The first --warmup steps are not counted.
+
+    python benchmarks/train_step.py --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from g2rl_core.config import METHOD_NAMES, load_profile
+from g2rl_core.trainer import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--methods", nargs="*", default=list(METHOD_NAMES))
+    parser.add_argument("--profile-lr", action="store_true", help="train with the profile's learning rate")
+    args = parser.parse_args()
+
+    profile = load_profile(args.profile, args.params)
+    medians = {}
+    for method in args.methods:
+        overrides = {"steps": args.steps, "val_every": 10**6, "checkpoint_every": 10**6}
+        if not args.profile_lr:
+            overrides["lr"] = 1e-12
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(profile.train_config(method, 0, **overrides), out)
+            trainer.train()
+            rows = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+        times = [r["step_time_s"] for r in rows if r["kind"] == "train"][args.warmup :]
+        medians[method] = statistics.median(times)
+    print(f"profile {args.profile}, {args.steps} steps ({args.warmup} warm-up not counted), "
+          f"lr {'profile' if args.profile_lr else '1e-12 (identical rollouts)'}")
+    print(f"{'method':10s} {'median step s':>14s} {'ratio to grpo':>14s}")
+    for method, seconds in medians.items():
+        ratio = seconds / medians["grpo"] if "grpo" in medians else float("nan")
+        print(f"{method:10s} {seconds:14.3f} {ratio:14.3f}")
+    if "g2rl" in medians and "grpo" in medians:
+        ratio = medians["g2rl"] / medians["grpo"]
+        print(f"g2rl/grpo = {ratio:.3f} (target <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The trainer: a run end to end, resume after SIGKILL, config errors, rollout consistency."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from g2rl_core.config import ConfigError, TrainConfig, from_mapping, load_profile, parse_overrides
+from g2rl_core.features import causal_lm_sequence_features
+from g2rl_core.rollout import TransformersRollout
+from g2rl_core.trainer import Trainer, k3_kl, load_policy
+
+
+def _cli(params, *args):
+    return [sys.executable, "-m", "g2rl_core.cli", "--params", str(params), *args]
+
+
+def _rows(run):
+    return [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl"])
+def test_each_method_trains_and_logs(tiny_base, tmp_path, method):
+    profile = load_profile("tiny", tiny_base / "params.yaml")
+    cfg = profile.train_config(method, 0, steps=3, val_every=3)
+    final = Trainer(cfg, tmp_path / method).train()
+    assert (final / "model.safetensors").exists()
+    rows = _rows(tmp_path / method)
+    train = [r for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [r["step"] for r in train] == [1, 2, 3] and [r["step"] for r in val] == [0, 3]
+    for key in ["reward_mean", "accuracy", "response_length_mean", "entropy_mean", "kl", "clip_frac", "grad_norm",
+                "nu_mean", "nu_std", "phi_cos_mean", "phi_neg_share", "step_time_s", "tokens_per_s"]:
+        assert all(key in r and r[key] == r[key] for r in train), key  # present and not NaN
+    assert all(0 <= r["nu_mean"] <= 1 and 0 <= r["phi_neg_share"] <= 1 for r in train)
+    assert all(0 <= r["val_mean_at_2"] <= 1 for r in val)
+    # weights moved
+    base = load_file(tiny_base / "base" / "model.safetensors")
+    trained = load_file(final / "model.safetensors")
+    assert any(not torch.equal(base[k], trained[k]) for k in base)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, tmp_path):
+    params = tiny_base / "params.yaml"
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_cli(params, "train", "--method", "g2rl", "--out", str(killed)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert state["step"] < 12 and not (killed / "final").exists(), "the kill did not land mid-run"
+
+    subprocess.run(_cli(params, "train", "--method", "g2rl", "--out", str(killed)), check=True, capture_output=True)
+    subprocess.run(_cli(params, "train", "--method", "g2rl", "--out", str(clean)), check=True, capture_output=True)
+    a = load_file(killed / "final" / "model.safetensors")
+    b = load_file(clean / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop = {"step_time_s", "tokens_per_s"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert strip(_rows(killed)) == strip(_rows(clean))
+
+
+def test_resume_refuses_a_different_config(tiny_base, tmp_path):
+    profile = load_profile("tiny", tiny_base / "params.yaml")
+    Trainer(profile.train_config("grpo", 0, steps=3, checkpoint_every=3), tmp_path).train()
+    with pytest.raises(ConfigError, match="lr"):
+        Trainer(profile.train_config("grpo", 0, steps=3, checkpoint_every=3, lr=0.5), tmp_path).train()
+
+
+def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
+    with pytest.raises(ConfigError, match=r"method = 'ppo' is not allowed; choose one of \['grpo', 'entropy', 'evol', 'g2rl'\]"):
+        TrainConfig(method="ppo")
+    with pytest.raises(ConfigError, match="clip_ratio = -0.1 must be >= 0"):
+        TrainConfig(clip_ratio=-0.1)
+    with pytest.raises(ConfigError, match="lr = 'fast' has type str; expected float"):
+        TrainConfig(lr="fast")
+    with pytest.raises(ConfigError, match="ppo_mini_batch_size = 3 must divide prompts_per_step = 16"):
+        TrainConfig(ppo_mini_batch_size=3)
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['learning_rate'\]"):
+        from_mapping(TrainConfig, {"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match="variant"):
+        TrainConfig(variant="prose")
+    assert parse_overrides(["lr=1e-4", "method=g2rl", "chat_template=true"]) == {"lr": 1e-4, "method": "g2rl", "chat_template": True}
+    with pytest.raises(ConfigError, match="profile = 'huge' is not defined"):
+        load_profile("huge", tiny_base / "params.yaml")
+    with pytest.raises(ConfigError, match="no parameter file"):
+        load_profile("tiny", tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="g2rl sft --profile tiny"):
+        load_policy("artifacts/does-not-exist")
+
+
+def test_cli_reports_errors_without_traceback(tiny_base, tmp_path):
+    out = subprocess.run(_cli(tiny_base / "params.yaml", "train", "--method", "g2rl", "--out", str(tmp_path), "--set", "lam=-1"),
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "g2rl train: error: profile 'tiny': lam = -1.0 must be >= 0" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_sampler_and_trainer_log_probs_agree(tiny_base):
+    model, tokenizer = load_policy(str(tiny_base / "base"))
+    backend = TransformersRollout(model, tokenizer, return_logprobs=True)
+    prompts = ["Compute 1+2+3.", "Compute 4+5+6+7+8.\nPlease reason step by step, and put your final answer within \\boxed{}."]
+    batch = backend.generate(prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=30, seed=0)
+    feats = causal_lm_sequence_features(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                                        temperature=0.7)
+    mask = batch.response_mask.bool()
+    assert batch.prompt_mask[:, 0].eq(0).any()  # left padding is exercised
+    torch.testing.assert_close(feats.logprobs[mask], batch.sampler_logprobs[mask], rtol=1e-4, atol=1e-4)
+    again = backend.generate(prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=30, seed=0)
+    assert again.texts == batch.texts  # seeded
+
+
+def test_k3_kl_is_non_negative_and_zero_at_equality():
+    logp = torch.randn(50)
+    assert torch.all(k3_kl(logp, logp) == 0)
+    assert torch.all(k3_kl(logp, logp + torch.randn(50)) >= 0)
