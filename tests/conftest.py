@@ -43,7 +43,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-    """A small base model (2 layers, d=32) after a short warm start, its task data, and a params file."""
+    """A small base model (2 layers, d=64) after a short warm start, its task data, and a params file."""
     import json
 
     import yaml
@@ -54,7 +54,8 @@ def tiny_base(tmp_path_factory):
     paths = tiny.write_task(root / "data", seed=0)
     tokenizer = tiny.build_tokenizer()
     model = tiny.build_model(
-        tokenizer, tiny.TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_key_value_heads=2)
+        tokenizer, tiny.TinyModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=1),  # head_dim 32: a size vLLM's CPU attention supports
     )
     rows = [json.loads(line) for line in open(paths["train"])]
     tiny.sft(model, tokenizer, rows, [], tiny.SFTConfig(steps=40, batch_size=16, warmup_steps=5))
