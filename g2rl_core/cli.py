@@ -1,6 +1,6 @@
 """The ``g2rl`` command line: sft, train, eval.
 
-    g2rl sft   --profile tiny --out artifacts/tiny
+    g2rl sft   --profile tiny --out build/tiny
     g2rl train --profile tiny --method g2rl --seed 0 --out runs/tiny/g2rl/seed0
     g2rl eval  --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
 
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
 
-from g2rl_core.config import ConfigError, from_mapping, load_profile, parse_overrides
+from g2rl_core.config import METHOD_NAMES, ConfigError, from_mapping, load_profile, parse_overrides
 
 
 def cmd_sft(args) -> None:
@@ -39,7 +40,7 @@ def cmd_sft(args) -> None:
     model = tiny.build_model(tokenizer, model_cfg, seed=sft_cfg.seed)
     rows = {name: [json.loads(line) for line in open(path)] for name, path in paths.items()}
     start = time.perf_counter()
-    losses = tiny.sft(model, tokenizer, rows["train"], rows["choice"], sft_cfg)
+    losses = tiny.sft(model, tokenizer, rows["train"], rows["choice"] + rows["choice10"], sft_cfg)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")
@@ -54,6 +55,8 @@ def cmd_train(args) -> None:
 
     profile = load_profile(args.profile, args.params)
     cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
+    if args.on_config_change == "restart":
+        Trainer.discard_stale_checkpoint(cfg, args.out)
     final = Trainer(cfg, args.out).train()
     print(f"final model: {final}")
 
@@ -67,12 +70,14 @@ def cmd_eval(args) -> None:
     from g2rl_core.trainer import load_policy
 
     profile = load_profile(args.profile, args.params)
-    cfg = profile.train_config(args.method, args.seed, model=args.model, **parse_overrides(args.set))
+    model_path = args.model or profile.train["model"]
+    method = args.method if args.method in METHOD_NAMES else "grpo"  # "base" labels the untrained model
+    cfg = profile.train_config(method, args.seed, model=model_path, **parse_overrides(args.set))
     settings = dict(profile.eval)
     benchmarks = settings.pop("benchmarks", None)
     if not benchmarks:
         raise ConfigError(f"profile {profile.name!r} has no eval.benchmarks")
-    model, tokenizer = load_policy(args.model)
+    model, tokenizer = load_policy(model_path)
     backend = make_rollout(cfg, model, tokenizer)
     out = Path(args.out)
     summaries = []
@@ -86,13 +91,54 @@ def cmd_eval(args) -> None:
         if unknown or "source" not in spec:
             raise ConfigError(f"profile {profile.name!r} eval.benchmarks.{name}: needs 'source'; unknown field(s) {unknown}")
         problems = load_problems(spec["source"], spec["kind"], cfg.data_dir, limit=args.limit or spec["limit"])
-        labels = {"model": args.model_label or args.model, "method": args.method, "seed": args.seed, "benchmark": name}
+        labels = {"model": args.model_label or model_path, "method": args.method, "seed": args.seed, "benchmark": name}
         summaries.append(run_eval(backend, problems, samples_csv=out / f"samples_{name}.csv", summary_csv=out / f"summary_{name}.csv",
                                   labels=labels, n=spec["n"], ks=spec["ks"], temperature=spec["temperature"],
                                   top_p=spec["top_p"], max_new_tokens=spec["max_new_tokens"], seed=args.seed))
     summary = pd.concat(summaries, ignore_index=True)
     summary.to_csv(out / "summary.csv", index=False)
     print(summary[~summary.metric.str.endswith("unbiased")].to_string(index=False))
+
+
+def cmd_geometry(args) -> None:
+    """Figure 3 data: within-problem pairs of every trained policy (methods x seeds of params.yaml)."""
+    import pandas as pd
+
+    from g2rl_core.benchmarks import load_problems
+    from g2rl_core.config import load_params
+    from g2rl_core.geometry import policy_geometry, summarize_pairs
+    from g2rl_core.methods import sentence_encoder
+    from g2rl_core.rollout import make_rollout
+    from g2rl_core.trainer import load_policy
+
+    params = load_params(args.params)
+    profile = load_profile(args.profile, args.params)
+    spec = {"problems": 30, "samples": 8, "temperature": 0.8, "top_p": 1.0, "encoder": "all-MiniLM-L6-v2",
+            "kind": "math", **profile.geometry}
+    if "source" not in spec:
+        raise ConfigError(f"profile {profile.name!r} geometry: needs 'source' (the split or benchmark to sample)")
+    encode = sentence_encoder(spec["encoder"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods, seeds = args.methods or params.get("methods", []), args.seeds or params.get("seeds", [0])
+    pool = load_problems(spec["source"], spec["kind"], profile.train_config(methods[0], seeds[0]).data_dir)
+    problems = [pool[i] for i in sorted(random.Random(0).sample(range(len(pool)), min(spec["problems"], len(pool))))]
+    frames, summaries = [], []
+    for method in methods:
+        for seed in seeds:
+            cfg = profile.train_config(method, seed)
+            run = Path(args.runs) / method / f"seed{seed}" / "final"
+            model, tokenizer = load_policy(str(run))
+            pairs = policy_geometry(model, make_rollout(cfg, model, tokenizer), encode, problems, samples=spec["samples"],
+                                    temperature=spec["temperature"], top_p=spec["top_p"],
+                                    max_new_tokens=cfg.max_response_length, seed=seed, chunk_size=cfg.feature_chunk_size)
+            pairs.insert(0, "seed", seed)
+            pairs.insert(0, "method", method)
+            frames.append(pairs)
+            summaries.append({"method": method, "seed": seed, **summarize_pairs(pairs)})
+            print(summaries[-1])
+    pd.concat(frames, ignore_index=True).to_csv(out / "pairs.csv", index=False)
+    pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,19 +158,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resumes from its checkpoint)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
+    p.add_argument("--on-config-change", choices=["error", "restart"], default="error",
+                   help="a checkpoint in --out written with another config: stop (default) or start afresh")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="sample n responses per problem and write samples + summary CSVs")
     p.add_argument("--profile", default=None)
-    p.add_argument("--model", required=True, help="model directory or hub name")
+    p.add_argument("--model", default=None, help="model directory or hub name (default: the profile's train.model)")
     p.add_argument("--model-label", default=None, help="value of the 'model' column (default: --model)")
-    p.add_argument("--method", default="grpo", help="value of the 'method' column")
+    p.add_argument("--method", default="base", help="value of the 'method' column (base: the untrained model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--benchmarks", nargs="*", default=None, help="subset of the profile's eval benchmarks")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("geometry", help="Figure 3 data: Phi and semantic cosines of sampled groups, per trained policy")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--runs", required=True, help="directory holding <method>/seed<k>/final")
+    p.add_argument("--out", required=True)
+    p.add_argument("--methods", nargs="*", default=None, help="default: params.yaml's methods")
+    p.add_argument("--seeds", nargs="*", type=int, default=None, help="default: params.yaml's seeds")
+    p.set_defaults(func=cmd_geometry)
 
     args = parser.parse_args(argv)
     try:

@@ -30,10 +30,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     # model and data
-    model: str = "artifacts/tiny/base"  # path or hub name, loaded with from_pretrained
-    train_data: str = "artifacts/tiny/data/train.jsonl"  # a benchmark name or a JSONL path
+    model: str = "build/tiny/base"  # path or hub name, loaded with from_pretrained
+    train_data: str = "build/tiny/data/train.jsonl"  # a benchmark name or a JSONL path
     train_kind: str = "math"
-    val_data: str = "artifacts/tiny/data/hardest.jsonl"
+    val_data: str = "build/tiny/data/hard.jsonl"
     val_kind: str = "math"
     data_dir: str | None = None  # local copies of the named benchmarks (None: the hub)
     chat_template: bool = False

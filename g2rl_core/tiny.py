@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from g2rl_core.benchmarks import INSTRUCTION, choice_prompt, math_prompt
+from g2rl_core.verifier import CHOICE_LETTERS
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 WORDS = [INSTRUCTION, "Compute", "Which equals", "\\boxed{"]
@@ -97,6 +98,7 @@ class SplitSpec:
     max_term: int
     size: int
     kind: str = "math"
+    options: int = 4  # multiple choice only
     plays: str = ""  # the paper benchmark it stands in for
 
 
@@ -107,6 +109,7 @@ SPLITS = [
     SplitSpec("hard", (5, 5), 12, 64, plays="AIME24"),
     SplitSpec("hardest", (6, 6), 15, 64, plays="AIME25"),
     SplitSpec("choice", (4, 4), 9, 64, kind="choice", plays="GPQA-Diamond"),
+    SplitSpec("choice10", (3, 5), 9, 96, kind="choice", options=10, plays="MMLU-Pro"),
 ]
 
 
@@ -131,14 +134,14 @@ def make_row(split: SplitSpec, index: int, rng: random.Random) -> dict:
     row = {"id": f"{split.name}-{index}", "terms": terms}
     if split.kind == "math":
         return {**row, "problem": f"Compute {expression}.", "answer": str(answer)}
-    wrong = rng.sample([answer + d for d in (-3, -2, -1, 1, 2, 3) if answer + d > 0], 3)
-    options = [answer, *wrong]
+    near = [answer + d for d in range(-split.options, split.options + 1) if d and answer + d > 0]
+    options = [answer, *rng.sample(near, split.options - 1)]
     rng.shuffle(options)
     return {
         **row,
         "question": f"Which equals {expression}?",
         "choices": [str(o) for o in options],
-        "answer": "ABCD"[options.index(answer)],
+        "answer": CHOICE_LETTERS[options.index(answer)],
     }
 
 
@@ -156,7 +159,7 @@ def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
             if len(rows) == split.size:
                 break
             row = make_row(split, len(rows), rng)
-            key = (split.kind == "choice", *sorted(row["terms"]))
+            key = (split.kind, split.options if split.kind == "choice" else 0, *sorted(row["terms"]))
             if key in seen:
                 continue
             seen.add(key)
@@ -177,7 +180,8 @@ def demonstration(row: dict, rng: random.Random, error_rate: float) -> tuple[str
         return math_prompt(row["problem"]), solution(row["terms"], rng, error_rate)
     steps = solution(row["terms"], rng, error_rate)
     total = steps.rsplit("{", 1)[1].rstrip("}")
-    letter = "ABCD"[row["choices"].index(total)] if total in row["choices"] else rng.choice("ABCD")
+    letters = CHOICE_LETTERS[: len(row["choices"])]
+    letter = letters[row["choices"].index(total)] if total in row["choices"] else rng.choice(letters)
     return choice_prompt(row["question"], row["choices"]), steps.rsplit("\\boxed", 1)[0] + f"\\boxed{{{letter}}}"
 
 

@@ -46,10 +46,11 @@ def load_policy(name_or_path: str):
     """(model, tokenizer) in float32 from a path or hub name; the error says how to get a missing one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path.startswith(("artifacts/", "./", "/")) and not Path(name_or_path).is_dir():
+    looks_local = name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1
+    if looks_local and not Path(name_or_path).is_dir():
         raise ConfigError(
             f"model = {name_or_path!r}: no such directory. Build the tiny base model with "
-            f"`g2rl sft --profile tiny` (or `dvc repro sft`), or set model to a hub name."
+            f"`g2rl sft --profile tiny --out build/tiny` (or `dvc repro sft`), or set model to a hub name."
         )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
     if tokenizer.pad_token_id is None:
@@ -116,6 +117,16 @@ class Trainer:
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)  # atomic: a kill leaves the old or the new one
+
+    @staticmethod
+    def discard_stale_checkpoint(cfg: TrainConfig, out: str | Path) -> bool:
+        """Delete the checkpoint and log in ``out`` if they were written with another config."""
+        checkpoint = Path(out) / "checkpoint.pt"
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["config"] != asdict(cfg):
+            checkpoint.unlink()
+            (Path(out) / "log.jsonl").unlink(missing_ok=True)
+            return True
+        return False
 
     def maybe_resume(self) -> None:
         if not self.checkpoint_path.exists():

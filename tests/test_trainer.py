@@ -97,7 +97,7 @@ def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
     with pytest.raises(ConfigError, match="no parameter file"):
         load_profile("tiny", tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="g2rl sft --profile tiny"):
-        load_policy("artifacts/does-not-exist")
+        load_policy("build/does-not-exist/base")
 
 
 def test_cli_reports_errors_without_traceback(tiny_base, tmp_path):
