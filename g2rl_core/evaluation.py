@@ -56,32 +56,36 @@ def mean_accuracy(samples: Sequence[ScoredSample]) -> float:
     return sum(s.correct for s in samples) / max(1, len(samples))
 
 
-def summarize(samples: pd.DataFrame, ks: Sequence[int], *, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Metric rows (metric, value, ci_low, ci_high, problems, samples_per_problem) for one benchmark run.
+def per_problem_metrics(samples: pd.DataFrame, ks: Sequence[int], *, seed: int = 0) -> pd.DataFrame:
+    """Rows (problem_id, metric, value) from one run's samples of one benchmark.
 
     pass@1; for every k <= n: pass@k (paper: first k samples), pass@k unbiased (Chen et al.)
-    and maj@k. CIs: percentile bootstrap over problems.
+    and maj@k (ties broken with seed + the problem's position).
     """
-    per_problem: dict[str, list[float]] = {}
-    n_samples = None
-    for problem_index, (pid, group) in enumerate(samples.sort_values("sample").groupby("problem_id", sort=True)):
+    rows = []
+    for position, (pid, group) in enumerate(samples.sort_values("sample").groupby("problem_id", sort=True)):
         correct = group["correct"].astype(bool).tolist()
         answers = [a if isinstance(a, str) else None for a in group["extracted"].tolist()]
         n = len(correct)
-        n_samples = n if n_samples is None else min(n_samples, n)
-        per_problem.setdefault("pass@1", []).append(pass_at_1(correct))
+        rows.append((pid, "pass@1", pass_at_1(correct)))
         for k in ks:
             if k > n:
                 continue
-            per_problem.setdefault(f"pass@{k}", []).append(pass_at_k_first(correct, k))
-            per_problem.setdefault(f"pass@{k}_unbiased", []).append(pass_at_k_unbiased(n, sum(correct), k))
-            per_problem.setdefault(f"maj@{k}", []).append(maj_at_k(answers, correct, k, seed=seed + problem_index))
+            rows.append((pid, f"pass@{k}", pass_at_k_first(correct, k)))
+            rows.append((pid, f"pass@{k}_unbiased", pass_at_k_unbiased(n, sum(correct), k)))
+            rows.append((pid, f"maj@{k}", maj_at_k(answers, correct, k, seed=seed + position)))
+    return pd.DataFrame(rows, columns=["problem_id", "metric", "value"])
+
+
+def summarize(samples: pd.DataFrame, ks: Sequence[int], *, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Metric rows (metric, value, ci_low, ci_high, problems, samples_per_problem); CIs bootstrap over problems."""
+    per_problem = per_problem_metrics(samples, ks, seed=seed)
+    n_samples = int(samples.groupby("problem_id")["sample"].count().min())
     rows = []
-    for metric, values in per_problem.items():
-        mean, low, high = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
-        rows.append(
-            {"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "problems": len(values), "samples_per_problem": n_samples}
-        )
+    for metric, group in per_problem.groupby("metric", sort=False):
+        mean, low, high = bootstrap_ci(group["value"].tolist(), n_resamples=n_resamples, seed=seed)
+        rows.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "problems": len(group),
+                     "samples_per_problem": n_samples})
     return pd.DataFrame(rows)
 
 

@@ -192,7 +192,7 @@ class SFTConfig:
     lr: float = 3e-3
     warmup_steps: int = 30
     demo_error_rate: float = 0.15
-    choice_fraction: float = 0.15  # share of multiple-choice demonstrations
+    choice_fraction: float = 0.15  # share of batches of multiple-choice demonstrations
     seed: int = 0
 
 
@@ -216,10 +216,9 @@ def sft(model, tokenizer, train_rows: list[dict], choice_rows: list[dict], cfg: 
     model.train()
     losses = []
     for _ in tqdm(range(cfg.steps), desc="sft", mininterval=2):
-        pairs = []
-        for _ in range(cfg.batch_size):
-            pool = choice_rows if choice_rows and rng.random() < cfg.choice_fraction else train_rows
-            pairs.append(demonstration(rng.choice(pool), rng, cfg.demo_error_rate))
+        # One pool per batch: multiple-choice prompts are long, and mixing would pad every batch to them.
+        pool = choice_rows if choice_rows and rng.random() < cfg.choice_fraction else train_rows
+        pairs = [demonstration(rng.choice(pool), rng, cfg.demo_error_rate) for _ in range(cfg.batch_size)]
         ids, labels = _sft_batch(tokenizer, pairs)
         logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)

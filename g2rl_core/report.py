@@ -1,0 +1,243 @@
+"""Tables and figures for the notebooks: pipeline outputs in, DataFrames and matplotlib figures out.
+
+Seeds are combined per problem (a problem's metric is averaged over seeds), then the
+confidence interval is a percentile bootstrap over problems. The paper's numbers
+(../shared/docs/g2rl-paper.md, section 8) sit beside ours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from g2rl_core.evaluation import per_problem_metrics  # noqa: E402
+from g2rl_core.metrics import bootstrap_ci  # noqa: E402
+
+METHOD_LABELS = {"base": "Base model", "grpo": "GRPO", "entropy": "Entropy Bonus", "evol": "EVOL-RL", "g2rl": "G2RL"}
+METHOD_COLORS = {"base": "#7f7f7f", "grpo": "#1f77b4", "entropy": "#ff7f0e", "evol": "#2ca02c", "g2rl": "#d62728"}
+BENCHMARK_LABELS = {"math500": "MATH500", "amc23": "AMC", "aime24": "AIME24", "aime25": "AIME25",
+                    "gpqa_diamond": "GPQA", "mmlu_pro": "MMLU-Pro"}
+
+# Section 8 of the spec: Table 1, pass@1 / maj@16 / pass@16 (percent).
+PAPER_TABLE1 = {
+    "Qwen3-1.7B-Base": {
+        "grpo": {"math500": (63.5, 73.2, 86.6), "amc23": (31.2, 42.0, 68.1), "aime24": (7.5, 14.8, 24.4), "aime25": (4.6, 6.8, 22.2)},
+        "entropy": {"math500": (64.3, 74.1, 86.7), "amc23": (32.2, 42.3, 65.7), "aime24": (9.6, 17.2, 23.3), "aime25": (4.6, 6.9, 24.5)},
+        "evol": {"math500": (64.3, 73.7, 86.9), "amc23": (32.2, 43.9, 66.2), "aime24": (8.4, 15.8, 27.3), "aime25": (5.3, 7.9, 21.6)},
+        "g2rl": {"math500": (66.2, 76.8, 88.7), "amc23": (33.9, 44.8, 68.5), "aime24": (10.1, 17.4, 28.0), "aime25": (7.5, 11.4, 24.8)},
+    },
+    "Qwen3-4B-Base": {
+        "grpo": {"math500": (76.9, 81.6, 90.8), "amc23": (47.9, 56.2, 75.1), "aime24": (12.4, 18.2, 31.1), "aime25": (10.0, 16.2, 32.5)},
+        "entropy": {"math500": (79.0, 87.2, 93.2), "amc23": (50.5, 63.7, 79.5), "aime24": (17.8, 25.4, 40.0), "aime25": (16.1, 24.4, 41.5)},
+        "evol": {"math500": (80.0, 87.7, 93.5), "amc23": (50.9, 62.0, 81.9), "aime24": (19.4, 28.2, 42.4), "aime25": (17.5, 23.9, 39.8)},
+        "g2rl": {"math500": (80.8, 87.8, 93.6), "amc23": (52.3, 63.8, 82.0), "aime24": (19.9, 28.7, 43.8), "aime25": (20.1, 29.0, 45.0)},
+    },
+}
+# Table 2 (Qwen3-4B-Base): GPQA pass@1 / maj@16 / pass@16 / pass@32, MMLU-Pro micro-average.
+PAPER_TABLE2 = {
+    "grpo": ((37.2, 39.2, 81.2, 85.2), 56.15),
+    "entropy": ((37.8, 42.8, 88.6, 92.6), 57.14),
+    "evol": ((37.4, 42.1, 88.9, 93.7), 57.17),
+    "g2rl": ((38.7, 44.0, 89.2, 93.5), 58.47),
+}
+# Figure 3: mean Phi cosine, share of negative Phi-cosine pairs, mean semantic cosine.
+PAPER_FIG3 = {
+    "phi_cos_mean": {"grpo": 0.208, "g2rl": 0.064},
+    "negative_pair_share": {"grpo": 0.0591, "evol": 0.189, "g2rl": 0.2809},
+    "semantic_cos_mean": {"grpo": 0.738, "g2rl": 0.769},
+}
+PAPER_MODEL_FOR_PROFILE = {"tiny": "Qwen3-1.7B-Base", "paper-1.7b": "Qwen3-1.7B-Base", "paper-4b": "Qwen3-4B-Base"}
+
+
+def style() -> None:
+    """One consistent figure style for every notebook."""
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False, "font.size": 10, "legend.frameon": False})
+
+
+# --- loading pipeline outputs ----------------------------------------------------------------------
+
+
+def load_samples(eval_dir: str | Path) -> pd.DataFrame:
+    """Every samples_<benchmark>.csv under ``eval_dir`` (base/ and <method>/seed<k>/), concatenated."""
+    frames = [pd.read_csv(path, dtype={"problem_id": str, "extracted": str}, keep_default_na=False, na_values=[""])
+              for path in sorted(Path(eval_dir).rglob("samples_*.csv"))]
+    if not frames:
+        raise FileNotFoundError(f"no samples_*.csv under {eval_dir}; run the eval stages first (dvc repro eval)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_logs(runs_dir: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+    """Train and val rows of every run's log.jsonl, with method and seed columns."""
+    rows = []
+    for method in methods:
+        for seed in seeds:
+            path = Path(runs_dir) / method / f"seed{seed}" / "log.jsonl"
+            if not path.exists():
+                raise FileNotFoundError(f"no training log at {path}; run the train stages first (dvc repro train)")
+            for line in path.read_text().splitlines():
+                rows.append({"method": method, "seed": seed, **json.loads(line)})
+    return pd.DataFrame(rows)
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: int = 2000) -> pd.DataFrame:
+    """Rows (method, benchmark, metric, value, ci_low, ci_high, seeds, problems) in percent.
+
+    Per seed, per-problem metrics; averaged over seeds per problem; bootstrap over problems.
+    """
+    ks = sorted({int(m.split("@")[1].split("_")[0]) for m in metrics if "@" in m})
+    rows = []
+    for (method, benchmark), group in samples.groupby(["method", "benchmark"], sort=False):
+        per_seed = []
+        for seed, run in group.groupby("seed"):
+            values = per_problem_metrics(run, ks, seed=int(seed))
+            per_seed.append(values.assign(seed=seed))
+        per_problem = pd.concat(per_seed).groupby(["metric", "problem_id"])["value"].mean().reset_index()
+        for metric in metrics:
+            values = per_problem.loc[per_problem.metric == metric, "value"].tolist()
+            if not values:
+                continue
+            mean, low, high = bootstrap_ci(values, n_resamples=n_resamples)
+            rows.append({"method": method, "benchmark": benchmark, "metric": metric, "value": 100 * mean,
+                         "ci_low": 100 * low, "ci_high": 100 * high, "seeds": len(per_seed), "problems": len(values)})
+    return pd.DataFrame(rows)
+
+
+def format_cell(value: float, low: float, high: float) -> str:
+    return f"{value:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: int = 16) -> pd.DataFrame:
+    """Table 1: pass@1 / maj@k / pass@k per benchmark (columns) and method (rows), with CIs and the paper's numbers."""
+    metrics = ["pass@1", f"maj@{k}", f"pass@{k}"]
+    long = metric_table(samples[samples.benchmark.isin(benchmarks)], metrics)
+    paper = PAPER_TABLE1[PAPER_MODEL_FOR_PROFILE[profile]]
+    rows = []
+    for method in [m for m in METHOD_LABELS if m in set(long.method)]:
+        row = {"method": METHOD_LABELS[method]}
+        for bench in benchmarks:
+            for metric in metrics:
+                hit = long[(long.method == method) & (long.benchmark == bench) & (long.metric == metric)]
+                label = f"{BENCHMARK_LABELS.get(bench, bench)} {metric}"
+                row[label] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
+            if method in paper and bench in paper[method]:
+                row[f"{BENCHMARK_LABELS.get(bench, bench)} paper"] = " / ".join(f"{v:.1f}" for v in paper[method][bench])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table2(samples: pd.DataFrame, choice_benchmark: str, micro_benchmark: str, ks: Sequence[int] = (16, 32)) -> pd.DataFrame:
+    """Table 2: pass@1 / maj@16 / pass@16 / pass@32 (``ks``) on the GPQA role and the MMLU-Pro micro-average."""
+    metrics = ["pass@1", f"maj@{ks[0]}", *(f"pass@{k}" for k in ks)]
+    gpqa = metric_table(samples[samples.benchmark == choice_benchmark], metrics)
+    mmlu = metric_table(samples[samples.benchmark == micro_benchmark], ["pass@1"])
+    rows = []
+    for method in [m for m in METHOD_LABELS if m in set(gpqa.method)]:
+        row = {"method": METHOD_LABELS[method]}
+        for metric in metrics:
+            hit = gpqa[(gpqa.method == method) & (gpqa.metric == metric)]
+            row[f"GPQA {metric}"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
+        hit = mmlu[mmlu.method == method]
+        row["MMLU-Pro pass@1 (micro)"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
+        if method in PAPER_TABLE2:
+            gp, mm = PAPER_TABLE2[method]
+            row["paper GPQA"] = " / ".join(f"{v:.1f}" for v in gp)
+            row["paper MMLU-Pro"] = f"{mm:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def band_plot(ax, frame: pd.DataFrame, x: str, y: str, methods: Sequence[str]) -> None:
+    """One line per method (mean over seeds) with a band of +-1 standard deviation over seeds."""
+    for method in methods:
+        sub = frame[frame.method == method].dropna(subset=[y])
+        if sub.empty:
+            continue
+        stats = sub.groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
+        color = METHOD_COLORS.get(method)
+        ax.plot(stats.index, stats["mean"], color=color, label=METHOD_LABELS.get(method, method))
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.15)
+
+
+def figure2(logs: pd.DataFrame, methods: Sequence[str], val_key: str, smooth: int = 5):
+    """Training dynamics: validation mean@k, mean response length and entropy against step."""
+    style()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    val = logs[logs.kind == "val"]
+    train = logs[logs.kind == "train"].copy()
+    for column in ["response_length_mean", "entropy_mean"]:  # a centred rolling mean per run
+        train[column] = train.groupby(["method", "seed"])[column].transform(lambda s: s.rolling(smooth, min_periods=1, center=True).mean())
+    band_plot(axes[0], val, "step", val_key, methods)
+    band_plot(axes[1], train, "step", "response_length_mean", methods)
+    band_plot(axes[2], train, "step", "entropy_mean", methods)
+    axes[0].set(xlabel="training step", ylabel=f"validation {val_key.replace('val_mean_at_', 'mean@')} accuracy",
+                title="Validation accuracy")
+    axes[1].set(xlabel="training step", ylabel="mean response length (tokens)", title="Response length")
+    axes[2].set(xlabel="training step", ylabel="policy entropy (nats / token)", title="Entropy")
+    axes[0].legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
+    """Geometry: pairwise Phi cosine, pairwise semantic cosine, share of negative Phi-cosine pairs."""
+    style()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    present = [m for m in methods if m in set(pairs.method)]
+    for ax, column, title in [(axes[0], "phi_cos", "Gradient-feature (Phi) cosine"), (axes[1], "semantic_cos", "Semantic cosine")]:
+        data = [pairs.loc[pairs.method == m, column].to_numpy() for m in present]
+        parts = ax.violinplot(data, showmeans=True, showextrema=False)
+        for body, m in zip(parts["bodies"], present):
+            body.set_facecolor(METHOD_COLORS.get(m))
+            body.set_alpha(0.5)
+        ax.set_xticks(range(1, len(present) + 1), [METHOD_LABELS.get(m, m) for m in present])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(ylabel="pairwise cosine (within problem)", title=title)
+    share = pairs.assign(neg=pairs.phi_cos < 0).groupby(["method", "seed"])["neg"].mean().reset_index()
+    for i, m in enumerate(present):
+        values = 100 * share.loc[share.method == m, "neg"]
+        axes[2].bar(i, values.mean(), color=METHOD_COLORS.get(m), alpha=0.7)
+        axes[2].scatter([i] * len(values), values, color="black", s=12, zorder=3)
+    axes[2].set_xticks(range(len(present)), [METHOD_LABELS.get(m, m) for m in present])
+    axes[2].set(ylabel="negative Phi-cosine pairs (%)", title="Opposing directions (bars: mean, dots: seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Our mean Phi cosine, negative-pair share and semantic cosine per method (mean and range over seeds), beside the paper's."""
+    per_seed = pairs.groupby(["method", "seed"]).agg(phi_cos_mean=("phi_cos", "mean"), semantic_cos_mean=("semantic_cos", "mean"),
+                                                     negative_pair_share=("phi_cos", lambda s: float((s < 0).mean())))
+    rows = []
+    for method in [m for m in methods if m in per_seed.index.get_level_values(0)]:
+        sub = per_seed.loc[method]
+        row = {"method": METHOD_LABELS.get(method, method)}
+        for column in ["phi_cos_mean", "negative_pair_share", "semantic_cos_mean"]:
+            scale = 100 if column == "negative_pair_share" else 1
+            vals = sub[column] * scale
+            row[column] = f"{vals.mean():.3f} [{vals.min():.3f}, {vals.max():.3f}]" if scale == 1 else f"{vals.mean():.2f}% [{vals.min():.2f}, {vals.max():.2f}]"
+            paper = PAPER_FIG3[column].get(method)
+            row[f"paper {column}"] = "n/a" if paper is None else (f"{paper:.3f}" if scale == 1 else f"{100 * paper:.2f}%")
+        rows.append(row)
+    return pd.DataFrame(rows)
