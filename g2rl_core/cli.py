@@ -55,6 +55,12 @@ def cmd_train(args) -> None:
 
     profile = load_profile(args.profile, args.params)
     cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
+    if args.engine == "trl":
+        from g2rl_core.integrations.trl import train_with_trl
+
+        train_with_trl(cfg, args.out)
+        print(f"final model: {Path(args.out) / 'final'}")
+        return
     if args.on_config_change == "restart":
         Trainer.discard_stale_checkpoint(cfg, args.out)
     final = Trainer(cfg, args.out).train()
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resumes from its checkpoint)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
+    p.add_argument("--engine", choices=["native", "trl"], default="native",
+                   help="native: g2rl_core.trainer (one machine); trl: TRL's GRPOTrainer with the same profile")
     p.add_argument("--on-config-change", choices=["error", "restart"], default="error",
                    help="a checkpoint in --out written with another config: stop (default) or start afresh")
     p.set_defaults(func=cmd_train)

@@ -69,13 +69,19 @@ def tiny_base(tmp_path_factory):
     }
     params = {
         "profile": "tiny",
+        "methods": ["grpo", "g2rl"],
+        "seeds": [0],
+        "ablation": [{"variant": "centered", "lam": 1.0}],
         "profiles": {"tiny": {
             "train": train,
-            "methods": {"entropy": {"entropy_coeff": 0.01}, "g2rl": {"lam": 1.0}},
+            "methods": {"grpo": {}, "entropy": {"entropy_coeff": 0.01}, "g2rl": {"lam": 1.0, "variant": "equation"}},
             "eval": {"n": 4, "ks": [1, 4], "max_new_tokens": 40, "benchmarks": {
-                "easy": {"source": str(paths["easy"])},
-                "choice": {"source": str(paths["choice"]), "kind": "choice"},
+                "math500": {"source": str(paths["easy"])},
+                "aime25": {"source": str(paths["hardest"])},
+                "gpqa_diamond": {"source": str(paths["choice"]), "kind": "choice"},
+                "mmlu_pro": {"source": str(paths["choice10"]), "kind": "choice", "n": 2, "ks": [1]},
             }},
+            "geometry": {"source": str(paths["hardest"]), "problems": 3, "samples": 4},
         }},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))

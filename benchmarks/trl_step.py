@@ -1,0 +1,64 @@
+"""Benchmark: median training-step time, our trainer vs TRL's GRPOTrainer, for grpo and g2rl.
+
+Same tiny profile, same base model, same batch shapes (prompts_per_step x rollouts_per_prompt
+completions per step, mini-batches of ppo_mini_batch_size prompts). A training step is one
+generation plus its optimiser steps: ours logs it as step_time_s; for TRL it is the sum of
+its per-optimiser-step ``step_time`` over the optimiser steps that share one generation.
+The first --warmup steps are not counted. The TRL g2rl/grpo ratio is the cost of the extra
+no-grad decoder pass that computes Phi (TRL makes no old-policy pass in this setting).
+
+    python benchmarks/trl_step.py --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from g2rl_core.config import load_profile
+from g2rl_core.integrations.trl import train_with_trl
+from g2rl_core.trainer import Trainer
+
+
+def native_step_times(cfg) -> list[float]:
+    with tempfile.TemporaryDirectory() as out:
+        Trainer(cfg, out).train()
+        rows = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return [r["step_time_s"] for r in rows if r["kind"] == "train"]
+
+
+def trl_step_times(cfg) -> list[float]:
+    with tempfile.TemporaryDirectory() as out:
+        trainer = train_with_trl(cfg, out)
+    per_optimizer_step = [row["step_time"] for row in trainer.state.log_history if "step_time" in row]
+    k = trainer.args.steps_per_generation
+    return [sum(per_optimizer_step[i : i + k]) for i in range(0, len(per_optimizer_step), k)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    profile = load_profile(args.profile, args.params)
+    medians = {}
+    for method in ["grpo", "g2rl"]:
+        cfg = profile.train_config(method, 0, steps=args.steps, val_every=10**6, checkpoint_every=10**6)
+        medians[("ours", method)] = statistics.median(native_step_times(cfg)[args.warmup :])
+        medians[("trl", method)] = statistics.median(trl_step_times(cfg)[args.warmup :])
+    print(f"profile {args.profile}, {args.steps} steps ({args.warmup} warm-up not counted), median seconds per training step")
+    print(f"{'engine':8s} {'grpo':>8s} {'g2rl':>8s} {'g2rl/grpo':>10s}")
+    for engine in ["ours", "trl"]:
+        grpo, g2rl = medians[(engine, "grpo")], medians[(engine, "g2rl")]
+        print(f"{engine:8s} {grpo:8.3f} {g2rl:8.3f} {g2rl / grpo:10.3f}")
+    for method in ["grpo", "g2rl"]:
+        print(f"trl/ours ({method}) = {medians[('trl', method)] / medians[('ours', method)]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
