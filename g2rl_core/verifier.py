@@ -16,6 +16,7 @@ A check that times out is a wrong answer (-1), with whatever answer string was e
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
 import multiprocessing
@@ -168,6 +169,13 @@ def _helper_pool() -> concurrent.futures.ProcessPoolExecutor:
             # Start-up (spawning, importing SymPy) must not count against a check's time bound.
             _pool.submit(_verdict, "\\boxed{1}", "1", "math").result()
         return _pool
+
+
+@atexit.register
+def _shutdown_pool() -> None:
+    """Stop the helper process before interpreter teardown (avoids noise from executor finalizers)."""
+    if _pool is not None:
+        _pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _discard_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
