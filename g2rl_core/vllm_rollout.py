@@ -10,7 +10,7 @@ which is what the trainer recomputes. Prompts are tokenised here, exactly as for
 transformers back-end, and passed to the engine as token ids.
 
 vLLM and this package's main environment pin different numpy versions; the README's
-vLLM section sets up a separate environment (``scripts/setup_vllm.sh``).
+vLLM section sets up a separate environment (``scripts/setup_extra.sh vllm``).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/python -m pytest "$@"
 if [ "${G2RL_SKIP_VLLM:-0}" != "1" ]; then
-  bash scripts/setup_vllm.sh
+  bash scripts/setup_extra.sh vllm
   .venv-vllm/bin/python -m pytest -p no:cacheprovider tests/test_vllm.py
 fi
 if [ "${G2RL_SKIP_VERL:-0}" != "1" ]; then
-  bash scripts/setup_verl.sh
+  bash scripts/setup_extra.sh verl
   .venv-verl/bin/python -m pytest -p no:cacheprovider tests/test_verl.py
 fi

@@ -1,6 +1,6 @@
 """verl adapter on CPU, against verl's real DataProto, compute_advantage and Hydra config.
 
-Runs in the environment of scripts/setup_verl.sh (verl pins transformers < 5.11); skipped
+Runs in the environment of scripts/setup_extra.sh verl (verl pins transformers < 5.11); skipped
 where verl is not importable.
 """
 

@@ -1,6 +1,6 @@
 """vLLM rollouts on CPU: after optimiser steps, the engine's log-probs match the trainer's.
 
-Runs where vllm is importable (the separate environment of scripts/setup_vllm.sh; .ci/run
+Runs where vllm is importable (the separate environment of scripts/setup_extra.sh vllm; .ci/run
 runs this file there). Tolerance: 2e-3 absolute on each token's log-prob (float32 engine
 and trainer, different attention kernels). Without the sync the engine would still hold
 the base weights; the test checks that those differ from the trained ones by far more.
