@@ -147,6 +147,13 @@ def cmd_geometry(args) -> None:
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)
 
 
+def cmd_report(args) -> None:
+    from g2rl_core.report import write_results_index
+
+    profile = load_profile(args.profile, args.params)
+    print(f"wrote {write_results_index(args.results, profile.name)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="g2rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="parameter file with the profiles")
@@ -189,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", default=None, help="default: params.yaml's methods")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="default: params.yaml's seeds")
     p.set_defaults(func=cmd_geometry)
+
+    p = sub.add_parser("report", help="write results/README.md from the notebooks' tables and figures")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_report)
 
     args = parser.parse_args(argv)
     try:

@@ -49,3 +49,18 @@ def test_notebook_runs_and_writes_its_outputs(smoke_pipeline, tiny_base, name):
     for filename in NOTEBOOK_OUTPUTS[name]:
         path = results / filename
         assert path.exists() and path.stat().st_size > 0, f"{name} did not write {filename}"
+
+
+def test_results_index_embeds_tables_and_figures(tmp_path):
+    from g2rl_core.report import write_results_index
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for name in ["table1_main_results", "table2_general_reasoning", "fig3_geometry", "ablation_shaping"]:
+        (folder / f"{name}.md").write_text(f"# {name} (tiny)\n\n| method | {name} |\n| --- | --- |\n| G2RL | 1.0 |\n")
+    out = write_results_index(tmp_path, "tiny")
+    text = out.read_text()
+    for name in ["table1_main_results", "table2_general_reasoning", "fig3_geometry", "ablation_shaping"]:
+        assert f"| method | {name} |" in text and f"# {name} (tiny)" not in text
+    for figure in ["fig2_training_dynamics.png", "fig3_geometry.png", "ablation_shaping.png"]:
+        assert f"(tiny/{figure})" in text
