@@ -138,8 +138,8 @@ def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: in
                 hit = long[(long.method == method) & (long.benchmark == bench) & (long.metric == metric)]
                 label = f"{BENCHMARK_LABELS.get(bench, bench)} {metric}"
                 row[label] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
-            if method in paper and bench in paper[method]:
-                row[f"{BENCHMARK_LABELS.get(bench, bench)} paper"] = " / ".join(f"{v:.1f}" for v in paper[method][bench])
+            paper_values = paper.get(method, {}).get(bench)
+            row[f"{BENCHMARK_LABELS.get(bench, bench)} paper"] = " / ".join(f"{v:.1f}" for v in paper_values) if paper_values else "n/a"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -157,10 +157,9 @@ def table2(samples: pd.DataFrame, choice_benchmark: str, micro_benchmark: str, k
             row[f"GPQA {metric}"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
         hit = mmlu[mmlu.method == method]
         row["MMLU-Pro pass@1 (micro)"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
-        if method in PAPER_TABLE2:
-            gp, mm = PAPER_TABLE2[method]
-            row["paper GPQA"] = " / ".join(f"{v:.1f}" for v in gp)
-            row["paper MMLU-Pro"] = f"{mm:.2f}"
+        gp, mm = PAPER_TABLE2.get(method, (None, None))
+        row["paper GPQA"] = " / ".join(f"{v:.1f}" for v in gp) if gp else "n/a"
+        row["paper MMLU-Pro"] = f"{mm:.2f}" if mm else "n/a"
         rows.append(row)
     return pd.DataFrame(rows)
 
