@@ -59,19 +59,20 @@ def mean_accuracy(samples: Sequence[ScoredSample]) -> float:
 def per_problem_metrics(samples: pd.DataFrame, ks: Sequence[int], *, seed: int = 0) -> pd.DataFrame:
     """Rows (problem_id, metric, value) from one run's samples of one benchmark.
 
-    pass@1; for every k <= n: pass@k (paper: first k samples), pass@k unbiased (Chen et al.)
-    and maj@k (ties broken with seed + the problem's position).
+    pass@1 (mean over the n samples); for every k <= n: pass@k (paper: first k samples; k > 1),
+    pass@k unbiased (Chen et al.) and maj@k (ties broken with seed + the problem's position).
     """
     rows = []
     for position, (pid, group) in enumerate(samples.sort_values("sample").groupby("problem_id", sort=True)):
         correct = group["correct"].astype(bool).tolist()
         answers = [a if isinstance(a, str) else None for a in group["extracted"].tolist()]
         n = len(correct)
-        rows.append((pid, "pass@1", pass_at_1(correct)))
+        rows.append((pid, "pass@1", pass_at_1(correct)))  # the paper's pass@1: mean over all n samples
         for k in ks:
             if k > n:
                 continue
-            rows.append((pid, f"pass@{k}", pass_at_k_first(correct, k)))
+            if k > 1:  # for k = 1 the first-sample form would shadow the mean-over-samples pass@1
+                rows.append((pid, f"pass@{k}", pass_at_k_first(correct, k)))
             rows.append((pid, f"pass@{k}_unbiased", pass_at_k_unbiased(n, sum(correct), k)))
             rows.append((pid, f"maj@{k}", maj_at_k(answers, correct, k, seed=seed + position)))
     return pd.DataFrame(rows, columns=["problem_id", "metric", "value"])
@@ -114,9 +115,12 @@ def run_eval(
     samples_csv.parent.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
     if samples_csv.exists() and samples_csv.stat().st_size > 0:
-        previous = pd.read_csv(samples_csv, dtype={"problem_id": str})
+        previous = pd.read_csv(samples_csv, dtype={"problem_id": str}, keep_default_na=False, na_values=[""])
         counts = previous.groupby("problem_id")["sample"].count()
         done = set(counts[counts == n].index)
+        finished = previous[previous.problem_id.isin(done)]
+        if len(finished) < len(previous):  # drop a half-written batch; it is sampled again
+            finished.to_csv(samples_csv, index=False)
     todo = [i for i, p in enumerate(problems) if p.id not in done]
     new_file = not samples_csv.exists() or samples_csv.stat().st_size == 0
     with samples_csv.open("a", newline="", encoding="utf-8") as fh:
