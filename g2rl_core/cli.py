@@ -70,7 +70,7 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     import pandas as pd
 
-    from g2rl_core.benchmarks import load_problems
+    from g2rl_core.benchmarks import BENCHMARKS, load_problems
     from g2rl_core.evaluation import run_eval
     from g2rl_core.rollout import make_rollout
     from g2rl_core.trainer import load_policy
@@ -80,7 +80,7 @@ def cmd_eval(args) -> None:
     method = args.method if args.method in METHOD_NAMES else "grpo"  # "base" labels the untrained model
     cfg = profile.train_config(method, args.seed, model=model_path, **parse_overrides(args.set))
     settings = dict(profile.eval)
-    benchmarks = settings.pop("benchmarks", None)
+    benchmarks = dict(settings.pop("benchmarks", None) or {})
     if not benchmarks:
         raise ConfigError(f"profile {profile.name!r} has no eval.benchmarks")
     model, tokenizer = load_policy(model_path)
@@ -89,10 +89,17 @@ def cmd_eval(args) -> None:
     summaries = []
     selected = args.benchmarks or list(benchmarks)
     for name in selected:
+        if name not in benchmarks and name in BENCHMARKS:  # any named benchmark, with the profile's settings
+            benchmarks[name] = {"source": name, "kind": BENCHMARKS[name].kind}
         if name not in benchmarks:
-            raise ConfigError(f"benchmark {name!r} is not in profile {profile.name!r} eval.benchmarks: {sorted(benchmarks)}")
+            raise ConfigError(f"benchmark {name!r} is neither in profile {profile.name!r} eval.benchmarks "
+                              f"({sorted(benchmarks)}) nor a known benchmark ({sorted(BENCHMARKS)})")
         spec = {"n": 16, "ks": [1, 16], "temperature": 0.8, "top_p": 1.0, "limit": None,
                 "max_new_tokens": cfg.max_response_length, "kind": "math", **settings, **benchmarks[name]}
+        if args.n:  # a quick look: fewer samples, and only the k that fit
+            spec["n"], spec["ks"] = args.n, [k for k in spec["ks"] if k <= args.n] or [1]
+        if args.max_new_tokens:
+            spec["max_new_tokens"] = args.max_new_tokens
         unknown = sorted(set(spec) - {"n", "ks", "temperature", "top_p", "limit", "max_new_tokens", "kind", "source"})
         if unknown or "source" not in spec:
             raise ConfigError(f"profile {profile.name!r} eval.benchmarks.{name}: needs 'source'; unknown field(s) {unknown}")
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--benchmarks", nargs="*", default=None, help="subset of the profile's eval benchmarks")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    p.add_argument("--n", type=int, default=None, help="samples per problem (default: the profile's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="response length cap (default: the profile's)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     p.set_defaults(func=cmd_eval)
 

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from g2rl_core.config import ConfigError
 from g2rl_core.rollout import RolloutBatch, encode_prompts, eos_token_ids, right_pad, truncate_at_eos
 
 
@@ -27,7 +28,13 @@ class VLLMRollout:
                  dtype: str = "float32", max_model_len: int | None = None, gpu_memory_utilization: float = 0.5):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, CPU back-end only
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ConfigError(
+                "rollout = 'vllm' but vllm is not importable in this environment; use the vLLM environment "
+                "(bash scripts/setup_extra.sh vllm, then .venv-vllm/bin/g2rl ...) or set rollout=transformers"
+            ) from err
 
         self.tokenizer, self.chat_template = tokenizer, chat_template
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=True,
