@@ -126,9 +126,11 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         prompt_ids_list, _ = self._last_token_ids
         phi = gather(self.local_features(prompt_ids_list, completion_ids_list).to(rewards.device))
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        parsable_local = [verify(t, x["answer"], x["kind"]).extracted is not None for t, x in zip(texts, inputs)]
-        all_texts = gather_object(texts) if self.method.needs_encoder else texts
-        parsable = torch.tensor(gather_object(parsable_local))
+        if self.method.needs_encoder:  # evol needs the texts and which answers parse; g2rl needs neither
+            parsable_local = [verify(t, x["answer"], x["kind"]).extracted is not None for t, x in zip(texts, inputs)]
+            all_texts, parsable = gather_object(texts), torch.tensor(gather_object(parsable_local))
+        else:
+            all_texts, parsable = texts, torch.ones(rewards.shape[0], dtype=torch.bool)
         advantages = self.shape_gathered(rewards[:, 0].cpu(), phi.cpu(), parsable, all_texts)
         return advantages.view(-1, 1).to(rewards.device)
 
