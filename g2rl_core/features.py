@@ -17,6 +17,8 @@ per-token softmax is the one the log-prob pass computes anyway. ``sequence_featu
 returns Phi, the log-probs of the realised tokens and the token entropies from a single
 pass over the vocabulary, chunked over tokens so that no [B, T, V] tensor is ever held.
 
+``phi_sums_from_logits`` does the same from LM-head outputs an engine has already computed
+(verl's packed log-prob pass), as per-sequence sums that add up across sequence-parallel shards.
 ``literal_sequence_features`` is the per-token eq. 14 written out literally; it is the
 reference for the tests and the benchmark, not for production use.
 """
@@ -52,6 +54,34 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _softmax_statistics(logits: Tensor, token_ids: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(p_t [c, V], log p(y_t) [c], entropy [c]) of LM-head outputs ``logits`` [c, V] at ``temperature``.
+
+    ``temperature`` is a float or a per-token [c, 1] tensor; ``logits`` is already in the compute dtype.
+    """
+    logits = logits / temperature
+    log_z = torch.logsumexp(logits, dim=-1)
+    probs = torch.exp(logits - log_z.unsqueeze(-1))
+    logprob = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_z
+    entropy = log_z - (probs * logits).sum(-1)
+    return probs, logprob, entropy
+
+
+def _accumulate_phi(
+    realised: Tensor, prob_residual: Tensor, probs: Tensor, weights: Tensor, owner: Tensor, token_ids: Tensor,
+    lm_head_weight: Tensor,
+) -> None:
+    """Add a chunk's sum_t w_t W[y_t] to ``realised`` [S, d] and sum_t w_t p_t to ``prob_residual`` [S, V].
+
+    Row ``owner[i]`` receives token i. The caller finishes Phi as realised - prob_residual @ W.
+    """
+    # [S, c] matrix placing each token's weight in its owner's row.
+    scatter = probs.new_zeros(realised.shape[0], owner.numel())
+    scatter[owner, torch.arange(owner.numel(), device=owner.device)] = weights
+    prob_residual += scatter @ probs
+    realised.index_add_(0, owner, weights.unsqueeze(-1) * lm_head_weight.index_select(0, token_ids).to(realised.dtype))
+
+
 def _masked_token_chunks(
     hidden_states: Tensor,
     lm_head_weight: Tensor,
@@ -68,8 +98,7 @@ def _masked_token_chunks(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    _check_chunk_size(chunk_size)
     B, T, d = hidden_states.shape
     if lm_head_weight.shape[1] != d:
         raise ValueError(
@@ -90,13 +119,14 @@ def _masked_token_chunks(
         logits = flat_h.index_select(0, idx) @ lm_head_weight.T
         if lm_head_bias is not None:
             logits = logits + lm_head_bias
-        logits = logits.to(acc) / temperature
-        log_z = torch.logsumexp(logits, dim=-1)
-        probs = torch.exp(logits - log_z.unsqueeze(-1))
         ids = flat_ids.index_select(0, idx)
-        logprob = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - log_z
-        entropy = log_z - (probs * logits).sum(-1)
+        probs, logprob, entropy = _softmax_statistics(logits.to(acc), ids, temperature)
         yield idx, probs, logprob, entropy, ids
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
 
 
 def token_logprobs_and_entropy(
@@ -188,15 +218,88 @@ def sequence_features(
     ):
         logprobs.index_copy_(0, idx, logprob)
         entropy.index_copy_(0, idx, ent)
-        a_chunk = a.index_select(0, idx)
-        owner = batch_of_token.index_select(0, idx)
-        # [B, c] matrix placing each token's weight a_t in its response's row.
-        scatter = hidden_states.new_zeros(B, idx.numel(), dtype=acc)
-        scatter[owner, torch.arange(idx.numel(), device=idx.device)] = a_chunk
-        prob_residual += scatter @ probs
-        realised.index_add_(0, owner, a_chunk.unsqueeze(-1) * lm_head_weight.index_select(0, ids).to(acc))
+        _accumulate_phi(realised, prob_residual, probs, a.index_select(0, idx), batch_of_token.index_select(0, idx), ids,
+                        lm_head_weight)
     phi = realised - prob_residual @ lm_head_weight.to(acc)
     return SequenceFeatures(phi=phi, logprobs=logprobs.view(B, T), entropy=entropy.view(B, T))
+
+
+@dataclass(frozen=True)
+class PhiSums:
+    """Per-sequence sums that make up Phi, additive over any split of a sequence's tokens.
+
+    weighted: [S, d] sum_t alpha_t phi_t;  weight: [S] sum_t alpha_t.
+    Phi = weighted / (weight + eps) (eq. 8): see ``phi_from_sums``.
+    """
+
+    weighted: Tensor
+    weight: Tensor
+
+
+def phi_from_sums(sums: PhiSums) -> Tensor:
+    """Phi [S, d] of eq. 8 from (possibly all-reduced) ``PhiSums``; zero for a sequence without weight."""
+    return sums.weighted / (sums.weight.unsqueeze(-1) + TOKEN_WEIGHT_EPS)
+
+
+@torch.no_grad()
+def phi_sums_from_logits(
+    logits: Tensor,
+    rows: Tensor,
+    token_ids: Tensor,
+    token_weights: Tensor,
+    segment_ids: Tensor,
+    num_segments: int,
+    lm_head_weight: Tensor,
+    *,
+    temperature: float | Tensor = 1.0,
+    chunk_size: int | None = None,
+) -> PhiSums:
+    """Phi's per-sequence sums from LM-head outputs a forward pass has already computed (eq. 7, 8, 14).
+
+    For an engine that materialises the logits anyway (verl's log-prob pass), this reuses them:
+    only the softmax of the selected rows and one [S, V] x [V, d] product are added.
+
+    Args:
+        logits: [..., V] raw LM-head outputs z_t = W h_t + b (any leading shape; flattened to [M, V]).
+        rows: [n] long, which rows of the flattened logits are weighted tokens.
+        token_ids: [n] realised token y_t predicted by each selected row.
+        token_weights: [n] alpha_t >= 0 of each selected row.
+        segment_ids: [n] long in [0, num_segments): the sequence each row belongs to.
+        num_segments: number of sequences S.
+        lm_head_weight: [V, d] LM-head matrix W.
+        temperature: float, or [n] tensor of per-row temperatures (p_t = softmax(z_t / T)).
+        chunk_size: rows per chunk; None processes all selected rows at once.
+
+    Sums over disjoint token sets of the same sequences add up, so shards of a sequence
+    (sequence parallelism) are all-reduced before ``phi_from_sums``.
+    """
+    _check_chunk_size(chunk_size)
+    V, d = lm_head_weight.shape
+    if logits.shape[-1] != V:
+        raise ValueError(f"logits have {logits.shape[-1]} columns; lm_head_weight has V = {V} rows")
+    n = rows.numel()
+    for name, t in (("token_ids", token_ids), ("token_weights", token_weights), ("segment_ids", segment_ids)):
+        if t.shape != (n,):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({n},) like rows")
+    per_row_temperature = isinstance(temperature, Tensor)
+    if per_row_temperature and temperature.shape != (n,):
+        raise ValueError(f"temperature has shape {tuple(temperature.shape)}; expected a float or ({n},)")
+    if bool((torch.as_tensor(temperature) <= 0).any()):
+        raise ValueError("temperature must be > 0")
+    flat = logits.reshape(-1, V)
+    acc = _compute_dtype(logits.dtype)
+    realised = flat.new_zeros(num_segments, d, dtype=acc)
+    prob_residual = flat.new_zeros(num_segments, V, dtype=acc)
+    weights = token_weights.to(acc)
+    step = chunk_size or max(n, 1)
+    for start in range(0, n, step):
+        chunk = slice(start, start + step)
+        ids = token_ids[chunk]
+        t = temperature[chunk].to(acc).unsqueeze(-1) if per_row_temperature else temperature
+        probs, _, _ = _softmax_statistics(flat.index_select(0, rows[chunk]).to(acc), ids, t)
+        _accumulate_phi(realised, prob_residual, probs, weights[chunk], segment_ids[chunk], ids, lm_head_weight)
+    weight_sum = weights.new_zeros(num_segments).index_add_(0, segment_ids, weights)
+    return PhiSums(weighted=realised - prob_residual @ lm_head_weight.to(acc), weight=weight_sum)
 
 
 @torch.no_grad()

@@ -9,8 +9,11 @@ from conftest import tiny_qwen3
 from g2rl_core.features import (
     causal_lm_sequence_features,
     final_hidden_states,
+    PhiSums,
     lm_head_parameters,
     literal_sequence_features,
+    phi_from_sums,
+    phi_sums_from_logits,
     sequence_features,
     token_logprobs_and_entropy,
 )
@@ -181,3 +184,83 @@ def test_lm_head_parameters_and_input_errors():
         sequence_features(h, W[:, :3], ids, mask)
     with pytest.raises(ValueError, match="token_weights"):
         sequence_features(h, W, ids, mask, token_weights=-torch.ones(ids.shape))
+
+
+def _packed_from_logits(model, prompt_ids, prompt_mask, response_ids, response_mask):
+    """Logits of one packed forward over the unpadded sequences, and each response token's row."""
+    rows, ids, segs, full = [], [], [], []
+    offset = 0
+    for i in range(prompt_ids.shape[0]):
+        seq = torch.cat([prompt_ids[i][prompt_mask[i].bool()], response_ids[i][response_mask[i].bool()]])
+        r = int(response_mask[i].sum())
+        full.append(seq)
+        # The row at packed position q predicts the token at q + 1.
+        rows.append(torch.arange(offset + len(seq) - r - 1, offset + len(seq) - 1))
+        ids.append(seq[len(seq) - r:])
+        segs.append(torch.full((r,), i))
+        offset += len(seq)
+    logits = torch.cat([model(input_ids=seq.unsqueeze(0)).logits[0] for seq in full])
+    return logits, torch.cat(rows), torch.cat(ids), torch.cat(segs)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_phi_from_engine_logits_matches_the_hidden_state_pass(temperature):
+    model = tiny_qwen3(tie_word_embeddings=False).double()
+    prompt_ids, prompt_mask, response_ids, response_mask = _batch(model.config.vocab_size)
+    ref = causal_lm_sequence_features(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                      temperature=temperature)
+    logits, rows, ids, segs = _packed_from_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    W, _ = lm_head_parameters(model)
+    weights = torch.ones(rows.numel(), dtype=torch.float64)
+    sums = phi_sums_from_logits(logits, rows, ids, weights, segs, 3, W, temperature=temperature, chunk_size=4)
+    torch.testing.assert_close(phi_from_sums(sums), ref.phi, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sums.weight, response_mask.sum(-1).double())
+
+    # Per-row temperatures equal to the scalar give the same sums; a different one does not.
+    same = phi_sums_from_logits(logits, rows, ids, weights, segs, 3, W, temperature=torch.full((rows.numel(),), temperature, dtype=torch.float64))
+    torch.testing.assert_close(same.weighted, sums.weighted, rtol=1e-12, atol=1e-12)
+    other = phi_sums_from_logits(logits, rows, ids, weights, segs, 3, W, temperature=temperature + 0.5)
+    assert not torch.allclose(other.weighted, sums.weighted)
+
+
+def test_phi_sums_add_up_across_sequence_parallel_shards():
+    """Sequence parallelism: each rank holds a slice of the packed tokens; all-reduced sums give Phi."""
+    model = tiny_qwen3(tie_word_embeddings=True).double()
+    prompt_ids, prompt_mask, response_ids, response_mask = _batch(model.config.vocab_size, seed=3)
+    logits, rows, ids, segs = _packed_from_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    W, _ = lm_head_parameters(model)
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(rows.numel(), generator=g, dtype=torch.float64)  # any alpha_t >= 0
+    whole = phi_sums_from_logits(logits, rows, ids, weights, segs, 3, W)
+    cut = logits.shape[0] // 2  # a shard boundary that falls inside a response
+    assert bool(((rows < cut) & (segs == segs[rows >= cut][0])).any())
+    shards = []
+    for lo, hi in ((0, cut), (cut, logits.shape[0])):
+        keep = (rows >= lo) & (rows < hi)
+        shards.append(phi_sums_from_logits(logits[lo:hi], rows[keep] - lo, ids[keep], weights[keep], segs[keep], 3, W))
+    reduced = PhiSums(weighted=shards[0].weighted + shards[1].weighted, weight=shards[0].weight + shards[1].weight)
+    torch.testing.assert_close(phi_from_sums(reduced), phi_from_sums(whole), rtol=1e-10, atol=1e-10)
+    # The normaliser must be applied after the reduction: normalising each shard first is wrong.
+    per_shard = phi_from_sums(shards[0]) + phi_from_sums(shards[1])
+    assert not torch.allclose(per_shard, phi_from_sums(whole))
+    # With random weights it is eq. 8 with a_t = alpha_t / sum alpha_t, as in the hidden-state pass.
+    token_weights = torch.zeros(response_mask.shape, dtype=torch.float64)
+    token_weights[response_mask.bool()] = weights  # rows are in (sequence, position) order
+    ref = causal_lm_sequence_features(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                      token_weights=token_weights)
+    torch.testing.assert_close(phi_from_sums(whole), ref.phi, rtol=1e-9, atol=1e-9)
+
+
+def test_phi_sums_from_logits_input_errors():
+    logits = torch.randn(5, 7)
+    W = torch.randn(7, 3)
+    rows, ids, segs = torch.tensor([1, 2]), torch.tensor([0, 6]), torch.tensor([0, 0])
+    w = torch.ones(2)
+    with pytest.raises(ValueError, match="columns"):
+        phi_sums_from_logits(logits, rows, ids, w, segs, 1, W[:5])
+    with pytest.raises(ValueError, match="segment_ids"):
+        phi_sums_from_logits(logits, rows, ids, w, segs[:1], 1, W)
+    with pytest.raises(ValueError, match="temperature"):
+        phi_sums_from_logits(logits, rows, ids, w, segs, 1, W, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        phi_sums_from_logits(logits, rows, ids, w, segs, 1, W, temperature=torch.ones(3))
