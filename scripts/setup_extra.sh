@@ -19,8 +19,10 @@ case "$name" in
     ;;
   verl)
     "${pip[@]}" "torch==2.13.0" "verl==0.9.1" "transformers==5.10.2"
-    # cachetools, uvicorn, fastapi: imported by verl.trainer.ppo.ray_trainer but missing from verl's metadata
-    "${pip[@]}" "${common[@]}" "cachetools==7.0.5" "uvicorn==0.54.0" "fastapi==0.165.0"
+    # cachetools, uvicorn, fastapi: imported by verl.trainer.ppo.ray_trainer but missing from verl's metadata;
+    # TransferQueue, pyzmq, msgspec: verl's "verl-core" extra, the V1 trainer's data plane
+    "${pip[@]}" "${common[@]}" "cachetools==7.0.5" "uvicorn==0.54.0" "fastapi==0.165.0" \
+      "TransferQueue==0.1.11" "pyzmq==27.3.0" "msgspec==0.23.0"
     ;;
   *) echo "setup_extra.sh: unknown environment '$name' (choose vllm or verl)" >&2; exit 2 ;;
 esac

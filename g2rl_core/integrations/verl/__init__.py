@@ -1,1 +1,1 @@
-"""G2RL for verl (>= 0.9, pinned 0.9.1). See adapter.py for what runs and what does not."""
+"""G2RL for verl (>= 0.9, pinned 0.9.1): adapter.py (shaping), engine.py (Phi in the actor), trainer.py (trainer_mode g2rl)."""

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Launch verl's PPO trainer with Table 3 for a paper profile and method, on a GPU cluster.
 #   bash g2rl_core/integrations/verl/launch.sh paper-1.7b g2rl data/math_train.parquet data/aime25.parquet [extra overrides]
-# Needs verl==0.9.1 and its GPU dependencies (see the README's verl section). The G2RL shaping
-# hook and Phi capture are not yet wired into verl's Ray workers: for method g2rl this script
-# stops with that message rather than silently training plain GRPO.
+# Needs verl==0.9.1 and its GPU dependencies (see docs/engines.md). g2rl runs verl's sync V1
+# trainer as G2RLTrainer (trainer.py), which every Ray process imports through verl's
+# VERL_USE_EXTERNAL_MODULES hook (set here and in the Ray runtime env by overrides.py).
+# EVOL-RL is EVOL-RL's own reward manager in its repository; it is not wired into verl here.
 set -euo pipefail
 profile="$1"; method="$2"; train="$3"; val="$4"; shift 4
-if [ "$method" = "g2rl" ] || [ "$method" = "evol" ]; then
-  echo "verl launch: method '$method' needs the Phi capture inside verl's actor workers, which is not wired yet." >&2
-  echo "Use the TRL engine (g2rl train --engine trl) or our trainer for $method; grpo and entropy run here." >&2
+if [ "$method" = "evol" ]; then
+  echo "verl launch: EVOL-RL is not wired into verl here; use its own repository (YujunZhou/EVOL-RL)," >&2
+  echo "or our trainer / the TRL engine (g2rl train --method evol [--engine trl])." >&2
   exit 2
+fi
+if [ "$method" = "g2rl" ]; then
+  export VERL_USE_EXTERNAL_MODULES=g2rl_core.integrations.verl.trainer
 fi
 overrides=$(python -m g2rl_core.integrations.verl.overrides "$profile" "$method" "$train" "$val")
 # shellcheck disable=SC2086

@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 
 TABLE3 = Path(__file__).with_name("table3.yaml")
+PLUGIN_ENV = "VERL_USE_EXTERNAL_MODULES"
+PLUGIN = "g2rl_core.integrations.verl.trainer"
 
 
 def _value(value) -> str:
@@ -27,7 +29,11 @@ def verl_overrides(profile: str, method: str, *, train_files: str, val_files: st
               "data.train_files": train_files, "data.val_files": val_files}
     overrides = [f"{key}={_value(value)}" for key, value in values.items()]
     if method == "g2rl":
-        overrides += [f"+g2rl.lam={lam}", f"+g2rl.variant={variant}", "+g2rl.normalize=minmax", "+g2rl.clip=3.0"]
+        # G2RLTrainer (trainer.py) is verl's sync V1 trainer plus Phi capture and shaping.
+        # Every Ray process (the TaskRunner looks the trainer up by name) imports it through verl's
+        # VERL_USE_EXTERNAL_MODULES hook.
+        overrides += ["trainer.v1.trainer_mode=g2rl", f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLUGIN_ENV}={PLUGIN}",
+                      f"+g2rl.lam={lam}", f"+g2rl.variant={variant}", "+g2rl.normalize=minmax", "+g2rl.clip=3.0"]
     return overrides
 
 
