@@ -138,11 +138,13 @@ class PhiCaptureEngine(FSDPEngineWithLMHead):
         sp_rank = torch.distributed.get_rank(self.ulysses_parallel_group) if self.use_ulysses_sp else 0
         layout = response_rows(micro_batch["input_ids"], micro_batch["response_mask"], micro_batch["temperature"],
                                logits_shape=tuple(logits.shape), remove_padding=remove_padding, sp_rank=sp_rank)
-        self._phi_sums = phi_sums_from_logits(
-            logits, layout["rows"], layout["token_ids"], layout["weights"], layout["segment_ids"],
-            micro_batch["input_ids"].shape[0], _full(head.weight), temperature=layout["temperature"],
-            chunk_size=PHI_CHUNK_ROWS,
-        )
+        # verl's forward runs under bf16 autocast; Phi's softmax and products stay in float32.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            self._phi_sums = phi_sums_from_logits(
+                logits, layout["rows"], layout["token_ids"], layout["weights"], layout["segment_ids"],
+                micro_batch["input_ids"].shape[0], _full(head.weight), temperature=layout["temperature"],
+                chunk_size=PHI_CHUNK_ROWS,
+            )
 
     def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
         model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
