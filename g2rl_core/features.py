@@ -82,6 +82,11 @@ def _accumulate_phi(
     realised.index_add_(0, owner, weights.unsqueeze(-1) * lm_head_weight.index_select(0, token_ids).to(realised.dtype))
 
 
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+
+
 def _masked_token_chunks(
     hidden_states: Tensor,
     lm_head_weight: Tensor,
@@ -122,11 +127,6 @@ def _masked_token_chunks(
         ids = flat_ids.index_select(0, idx)
         probs, logprob, entropy = _softmax_statistics(logits.to(acc), ids, temperature)
         yield idx, probs, logprob, entropy, ids
-
-
-def _check_chunk_size(chunk_size: int | None) -> None:
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
 
 
 def token_logprobs_and_entropy(

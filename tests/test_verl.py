@@ -138,6 +138,28 @@ def test_batches_without_the_flag_run_unchanged(cpu_engine):
     assert cpu_engine._phi_batch is None and cpu_engine._phi_sums is None
 
 
+def test_phi_is_float32_under_verls_bf16_autocast(cpu_engine, monkeypatch):
+    """verl runs the actor under bf16 autocast; Phi's own products must not drop to bf16."""
+    model = tiny_qwen3(tie_word_embeddings=False)  # float32: what autocast casts
+    monkeypatch.setattr(cpu_engine, "module", model)
+    monkeypatch.setattr(cpu_engine, "_autocast_dtype", torch.bfloat16)
+    monkeypatch.setattr(cpu_engine, "_phi_hook", None)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    samples = _samples(model.config.vocab_size, seed=3)
+    td, out = _infer(cpu_engine, samples, use_remove_padding=True, use_dynamic_bsz=False, micro_batch_size_per_gpu=5,
+                     **{PHI_FLAG: True})
+    (logits,) = seen  # bf16 logits, as verl's forward made them
+    assert logits.dtype == torch.bfloat16
+    rows = response_rows(td["input_ids"], td["response_mask"], TEMPERATURE, logits_shape=tuple(logits.shape),
+                         remove_padding=True)
+    expected = phi_from_sums(phi_sums_from_logits(
+        logits, rows["rows"], rows["token_ids"], rows["weights"], rows["segment_ids"], len(samples),
+        model.get_output_embeddings().weight, temperature=rows["temperature"]))
+    torch.testing.assert_close(out[PHI_KEY].to_padded_tensor(0.0) if out[PHI_KEY].is_nested else out[PHI_KEY],
+                               expected, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_kernels_are_refused(cpu_engine):
     td = tu.list_of_dict_to_tensordict(_samples(cpu_engine.module.config.vocab_size))
     tu.assign_non_tensor(td, temperature=1.0, use_fused_kernels=True, use_remove_padding=True, **{PHI_FLAG: True})
@@ -221,12 +243,22 @@ def test_verl_grpo_advantage_of_shaped_scores_is_our_eq2_up_to_verls_unbiased_st
 
 
 def test_shaping_config_names_the_bad_key():
-    with pytest.raises(ValueError, match="g2rl.variant"):
-        ShapingConfig(variant="sideways")
-    with pytest.raises(ValueError, match="g2rl.lam"):
-        ShapingConfig(lam=-1.0)
-    with pytest.raises(ValueError, match="unknown key.*'lamda'"):
-        ShapingConfig.from_mapping({"lamda": 1.0})
+    from omegaconf import OmegaConf
+
+    from g2rl_core.integrations.verl.trainer import shaping_config
+
+    def block(**g2rl):
+        return OmegaConf.create({"g2rl": g2rl, "algorithm": {}})
+    with pytest.raises(ValueError, match="g2rl: variant"):
+        shaping_config(block(variant="sideways"))
+    with pytest.raises(ValueError, match="g2rl: lam"):
+        shaping_config(block(lam=-1.0))
+    with pytest.raises(ValueError, match="g2rl: unknown field.*'lamda'"):
+        shaping_config(block(lamda=1.0))
+    with pytest.raises(ValueError, match="needs a g2rl: block"):
+        shaping_config(OmegaConf.create({"algorithm": {}}))
+    with pytest.raises(ValueError, match="bypass_mode"):
+        shaping_config(OmegaConf.create({"g2rl": {}, "algorithm": {"rollout_correction": {"bypass_mode": True}}}))
 
 
 @pytest.mark.parametrize("profile, length", [("paper-1.7b", 8192), ("paper-4b", 12288)])

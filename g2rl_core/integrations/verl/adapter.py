@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from g2rl_core.config import ConfigError
 from g2rl_core.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS, exploration_scores, shape_rewards
 
 #: Batch field holding Phi [B, d] per response, next to verl's ``log_probs`` and ``entropy``.
@@ -26,7 +27,7 @@ PHI_FLAG = "calculate_g2rl_phi"
 
 @dataclass(frozen=True)
 class ShapingConfig:
-    """The ``g2rl:`` block of a verl config (eq. 9-13)."""
+    """The ``g2rl:`` block of a verl config (eq. 9-13); build it with ``config.from_mapping``."""
 
     lam: float = 1.0
     variant: str = "equation"
@@ -35,20 +36,13 @@ class ShapingConfig:
 
     def __post_init__(self):
         if self.lam < 0:
-            raise ValueError(f"g2rl.lam must be >= 0, got {self.lam}")
+            raise ConfigError(f"lam must be >= 0, got {self.lam}")
         if self.variant not in SHAPING_VARIANTS:
-            raise ValueError(f"g2rl.variant must be one of {SHAPING_VARIANTS}, got {self.variant!r}")
+            raise ConfigError(f"variant must be one of {SHAPING_VARIANTS}, got {self.variant!r}")
         if self.normalize not in NU_NORMALIZATIONS:
-            raise ValueError(f"g2rl.normalize must be one of {NU_NORMALIZATIONS}, got {self.normalize!r}")
+            raise ConfigError(f"normalize must be one of {NU_NORMALIZATIONS}, got {self.normalize!r}")
         if self.clip is not None and self.clip <= 0:
-            raise ValueError(f"g2rl.clip must be > 0 or null, got {self.clip}")
-
-    @classmethod
-    def from_mapping(cls, values) -> "ShapingConfig":
-        unknown = set(values) - {"lam", "variant", "normalize", "clip"}
-        if unknown:
-            raise ValueError(f"g2rl: unknown key(s) {sorted(unknown)}; known: lam, variant, normalize, clip")
-        return cls(**dict(values))
+            raise ConfigError(f"clip must be > 0 or null, got {self.clip}")
 
 
 def last_token_index(response_mask: Tensor) -> Tensor:

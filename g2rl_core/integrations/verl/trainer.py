@@ -27,6 +27,7 @@ from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 from verl.workers.utils.padding import response_to_nested
 
+from g2rl_core.config import from_mapping
 from g2rl_core.integrations.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores
 from g2rl_core.integrations.verl.engine import G2RLActorRolloutRefWorker
 
@@ -44,7 +45,7 @@ def shaping_config(config) -> ShapingConfig:
     if rollout_correction:
         raise ValueError("G2RL takes Phi from the old-policy log-prob pass; "
                          "algorithm.rollout_correction.bypass_mode=true skips it")
-    return ShapingConfig.from_mapping(OmegaConf.to_container(block, resolve=True))
+    return from_mapping(ShapingConfig, OmegaConf.to_container(block, resolve=True), where="g2rl")
 
 
 @register_trainer("g2rl")
