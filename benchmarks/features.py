@@ -4,7 +4,7 @@ Three ways of getting per-token statistics at the Qwen3-1.7B head shape
 (d = 2048, V = 151936, float32), for B x T response tokens:
 
   (a) log-probs + entropy only (what verl/TRL compute every step), chunked over tokens;
-  (b) our fused pass: log-probs + entropy + Phi, same chunking (g2rl_core.features);
+  (b) our fused pass: log-probs + entropy + Phi, same chunking (g2rl_core.maths.features);
   (c) literal per-token eq. 14: phi_t = W[y_t] - p_t^T W, one [V] x [V, d] product per token.
 
 Each variant runs in a fresh process, so its peak resident memory (ru_maxrss minus the
@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from g2rl_core.features import literal_sequence_features, sequence_features, token_logprobs_and_entropy
+from g2rl_core.maths.features import literal_sequence_features, sequence_features, token_logprobs_and_entropy
 
 
 def _inputs(args):

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from g2rl_core.config import METHOD_NAMES, load_profile
-from g2rl_core.trainer import Trainer
+from g2rl_core.engines.native import Trainer
 
 
 def main() -> None:
@@ -46,8 +46,11 @@ def main() -> None:
                 rows = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
             times[method] += [r["step_time_s"] for r in rows if r["kind"] == "train"][args.warmup :]
     medians = {method: statistics.median(values) for method, values in times.items()}
-    print(f"profile {args.profile}, {args.rounds} rounds x {args.steps} steps ({args.warmup} warm-up per run not counted), "
-          f"lr {'profile' if args.profile_lr else '1e-12 (identical rollouts)'}")
+    print(
+        f"profile {args.profile}, {args.rounds} rounds x {args.steps} steps "
+        f"({args.warmup} warm-up per run not counted), "
+        f"lr {'profile' if args.profile_lr else '1e-12 (identical rollouts)'}"
+    )
     print(f"{'method':10s} {'median step s':>14s} {'ratio to grpo':>14s}")
     for method, seconds in medians.items():
         ratio = seconds / medians["grpo"] if "grpo" in medians else float("nan")

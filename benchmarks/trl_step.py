@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from g2rl_core.config import load_profile
-from g2rl_core.integrations.trl import train_with_trl
-from g2rl_core.trainer import Trainer
+from g2rl_core.engines.native import Trainer
+from g2rl_core.engines.trl import train_with_trl
 
 
 def native_step_times(cfg) -> list[float]:
@@ -51,7 +51,10 @@ def main() -> None:
         cfg = profile.train_config(method, 0, steps=args.steps, val_every=10**6, checkpoint_every=10**6)
         medians[("ours", method)] = statistics.median(native_step_times(cfg)[args.warmup :])
         medians[("trl", method)] = statistics.median(trl_step_times(cfg)[args.warmup :])
-    print(f"profile {args.profile}, {args.steps} steps ({args.warmup} warm-up not counted), median seconds per training step")
+    print(
+        f"profile {args.profile}, {args.steps} steps ({args.warmup} warm-up not counted), "
+        "median seconds per training step"
+    )
     print(f"{'engine':8s} {'grpo':>8s} {'g2rl':>8s} {'g2rl/grpo':>10s}")
     for engine in ["ours", "trl"]:
         grpo, g2rl = medians[(engine, "grpo")], medians[(engine, "g2rl")]

@@ -25,8 +25,8 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
 from verl.workers.engine.fsdp import transformer_impl
 
-from g2rl_core.integrations.verl.adapter import PHI_FLAG, PHI_KEY
-from g2rl_core.integrations.verl.engine import PhiCaptureEngine
+from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY
+from g2rl_core.engines.verl.engine import PhiCaptureEngine
 
 
 def main() -> None:
@@ -44,15 +44,24 @@ def main() -> None:
         module.get_device_name = lambda: "cpu"
     transformer_impl.get_device_id = lambda: "cpu"
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=1,
-                         num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+    config = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=1,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    )
     model = Qwen3ForCausalLM(config).eval()
     with tempfile.TemporaryDirectory() as path:
         config.architectures = ["Qwen3ForCausalLM"]
         config.save_pretrained(path)
         engine = transformer_impl.FSDPEngineWithLMHead(
             HFModelConfig(path=path, load_tokenizer=False, use_remove_padding=True),
-            FSDPEngineConfig(use_torch_compile=False, strategy="fsdp2"), FSDPOptimizerConfig(lr=1e-6),
+            FSDPEngineConfig(use_torch_compile=False, strategy="fsdp2"),
+            FSDPOptimizerConfig(lr=1e-6),
             CheckpointConfig(),
         )
     engine.module, engine._autocast_dtype, engine.__class__ = model, torch.float32, PhiCaptureEngine
@@ -62,14 +71,24 @@ def main() -> None:
     for _ in range(args.sequences):
         ids = torch.randint(0, config.vocab_size, (args.prompt + args.response,), generator=g)
         mask = torch.ones(args.response, dtype=torch.int64)
-        samples.append({"input_ids": ids, "position_ids": torch.arange(len(ids)), "response_mask": mask, "loss_mask": mask})
+        samples.append(
+            {"input_ids": ids, "position_ids": torch.arange(len(ids)), "response_mask": mask, "loss_mask": mask}
+        )
     samples[0] = {k: v[:-1] for k, v in samples[0].items()}  # unequal lengths: verl's nested layout
 
     def run(phi: bool) -> float:
         td = tu.list_of_dict_to_tensordict(samples)
-        tu.assign_non_tensor(td, calculate_entropy=True, compute_loss=False, temperature=1.0, use_fused_kernels=False,
-                             use_remove_padding=True, use_dynamic_bsz=False, micro_batch_size_per_gpu=args.sequences // 2,
-                             **({PHI_FLAG: True} if phi else {}))
+        tu.assign_non_tensor(
+            td,
+            calculate_entropy=True,
+            compute_loss=False,
+            temperature=1.0,
+            use_fused_kernels=False,
+            use_remove_padding=True,
+            use_dynamic_bsz=False,
+            micro_batch_size_per_gpu=args.sequences // 2,
+            **({PHI_FLAG: True} if phi else {}),
+        )
         start = time.perf_counter()
         out = engine.infer_batch(td)["model_output"]
         elapsed = time.perf_counter() - start
@@ -84,8 +103,10 @@ def main() -> None:
     base, with_phi = statistics.median(times[False]), statistics.median(times[True])
     tokens = sum(len(s["input_ids"]) for s in samples)
     response = sum(len(s["response_mask"]) for s in samples)
-    print(f"log-prob pass, {args.sequences} sequences, {tokens} tokens ({response} response), "
-          f"d=2048, V=151936, 1 layer, {torch.get_num_threads()} threads")
+    print(
+        f"log-prob pass, {args.sequences} sequences, {tokens} tokens ({response} response), "
+        f"d=2048, V=151936, 1 layer, {torch.get_num_threads()} threads"
+    )
     print(f"  without Phi: median {base:.2f} s  {[round(t, 2) for t in times[False]]}")
     print(f"  with Phi:    median {with_phi:.2f} s  {[round(t, 2) for t in times[True]]}")
     print(f"  ratio with/without: {with_phi / base:.3f}")

@@ -17,14 +17,11 @@ from typing import Any
 
 import yaml
 
-from g2rl_core.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS
+from g2rl_core.errors import ConfigError
+from g2rl_core.maths.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS
 
 METHOD_NAMES = ("grpo", "entropy", "evol", "g2rl")
 ROLLOUT_BACKENDS = ("transformers", "vllm")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,23 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
-        positive = ["prompts_per_step", "rollouts_per_prompt", "ppo_mini_batch_size", "ppo_micro_batch_size",
-                    "ppo_epochs", "max_response_length", "steps", "rollout_batch_size", "val_every",
-                    "val_problems", "val_samples", "checkpoint_every", "temperature", "val_temperature", "lr"]
+        positive = [
+            "prompts_per_step",
+            "rollouts_per_prompt",
+            "ppo_mini_batch_size",
+            "ppo_micro_batch_size",
+            "ppo_epochs",
+            "max_response_length",
+            "steps",
+            "rollout_batch_size",
+            "val_every",
+            "val_problems",
+            "val_samples",
+            "checkpoint_every",
+            "temperature",
+            "val_temperature",
+            "lr",
+        ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be > 0")
@@ -103,10 +114,14 @@ class TrainConfig:
             raise ConfigError(f"top_p = {self.top_p!r} must be in (0, 1]")
         if self.prompts_per_step % self.ppo_mini_batch_size:
             raise ConfigError(
-                f"ppo_mini_batch_size = {self.ppo_mini_batch_size} must divide prompts_per_step = {self.prompts_per_step}"
+                f"ppo_mini_batch_size = {self.ppo_mini_batch_size} must divide "
+                f"prompts_per_step = {self.prompts_per_step}"
             )
         if self.rollouts_per_prompt < 2 and self.method in ("g2rl", "evol"):
-            raise ConfigError(f"rollouts_per_prompt = {self.rollouts_per_prompt}: method {self.method!r} compares responses within a group; use >= 2")
+            raise ConfigError(
+                f"rollouts_per_prompt = {self.rollouts_per_prompt}: method {self.method!r} compares "
+                "responses within a group; use >= 2"
+            )
 
 
 def _check_types(cfg: Any) -> None:
@@ -194,5 +209,7 @@ def load_profile(name: str | None = None, params_path: str | Path = "params.yaml
     allowed = {f.name for f in dataclasses.fields(Profile)} - {"name"}
     unknown = sorted(set(block) - allowed)
     if unknown:
-        raise ConfigError(f"{params_path}: profile {name!r} has unknown section(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ConfigError(
+            f"{params_path}: profile {name!r} has unknown section(s) {unknown}; allowed: {sorted(allowed)}"
+        )
     return Profile(name=name, **block)

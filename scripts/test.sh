@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest "$@"
 if [ "${G2RL_SKIP_VLLM:-0}" != "1" ]; then
   bash scripts/setup_extra.sh vllm

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from g2rl_core.benchmarks import BENCHMARKS, INSTRUCTION, load_benchmark, load_jsonl
+from g2rl_core.evaluation.benchmarks import BENCHMARKS, INSTRUCTION, load_benchmark, load_jsonl
 
 EXPECTED_ROWS = {
     "math500": 500,
@@ -65,7 +65,9 @@ def test_unknown_benchmark_lists_the_known_ones():
 
 def test_bad_rows_name_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"id": "1", "problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"id": "2", "answer": "3"}) + "\n")
+    path.write_text(
+        json.dumps({"id": "1", "problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"id": "2", "answer": "3"}) + "\n"
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'problem'"):
         load_jsonl(path, "math")
     path.write_text(json.dumps({"id": "1", "question": "q", "choices": ["x", "y"], "answer": "C"}) + "\n")

@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from g2rl_core.benchmarks import load_jsonl
-from g2rl_core.evaluation import SAMPLE_COLUMNS, run_eval, summarize
+from g2rl_core.evaluation.benchmarks import load_jsonl
+from g2rl_core.evaluation.runner import SAMPLE_COLUMNS, run_eval, summarize
+from g2rl_core.models import load_policy
 from g2rl_core.rollout import TransformersRollout
-from g2rl_core.trainer import load_policy
 
 
 class CountingBackend:
@@ -18,9 +18,20 @@ class CountingBackend:
 
 
 def _run(backend, problems, out):
-    return run_eval(backend, problems, samples_csv=out / "samples.csv", summary_csv=out / "summary.csv",
-                    labels={"model": "m", "method": "g2rl", "seed": 0, "benchmark": "easy"}, n=4, ks=[1, 4],
-                    temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0, problems_per_batch=2)
+    return run_eval(
+        backend,
+        problems,
+        samples_csv=out / "samples.csv",
+        summary_csv=out / "summary.csv",
+        labels={"model": "m", "method": "g2rl", "seed": 0, "benchmark": "easy"},
+        n=4,
+        ks=[1, 4],
+        temperature=0.8,
+        top_p=1.0,
+        max_new_tokens=40,
+        seed=0,
+        problems_per_batch=2,
+    )
 
 
 def test_eval_writes_tidy_csvs_and_resumes(tiny_base, tmp_path):
@@ -52,7 +63,10 @@ def test_eval_writes_tidy_csvs_and_resumes(tiny_base, tmp_path):
 
 def test_summary_on_hand_made_samples():
     rows = []
-    for pid, outcomes, answers in [("a", [1, 0, 0, 1], ["2", "3", "3", "2"]), ("b", [0, 0, 0, 0], ["1", "1", None, "4"])]:
+    for pid, outcomes, answers in [
+        ("a", [1, 0, 0, 1], ["2", "3", "3", "2"]),
+        ("b", [0, 0, 0, 0], ["1", "1", None, "4"]),
+    ]:
         for i, (ok, ans) in enumerate(zip(outcomes, answers)):
             rows.append({"problem_id": pid, "sample": i, "correct": ok, "extracted": ans})
     summary = summarize(pd.DataFrame(rows), [1, 4], n_resamples=200).set_index("metric")

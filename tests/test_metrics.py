@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from g2rl_core.metrics import bootstrap_ci, maj_at_k, pass_at_1, pass_at_k_first, pass_at_k_unbiased
+from g2rl_core.evaluation.metrics import bootstrap_ci, maj_at_k, pass_at_1, pass_at_k_first, pass_at_k_unbiased
 
 
 def test_hand_computed():
@@ -86,7 +86,7 @@ def test_maj_at_k_well_defined_under_ties(answers, seed, data):
 
 
 def test_maj_at_k_with_math_equivalence():
-    from g2rl_core.verifier import verify
+    from g2rl_core.evaluation.verifier import verify
 
     def equivalent(a, b):
         return verify(f"\\boxed{{{b}}}", a).correct

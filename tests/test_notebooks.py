@@ -2,9 +2,9 @@
 
 import pytest
 
-from g2rl_core import cli
+from g2rl_core.pipeline import cli
 from g2rl_core.config import load_profile
-from g2rl_core.trainer import Trainer
+from g2rl_core.engines.native import Trainer
 
 NOTEBOOK_OUTPUTS = {
     "table1_main_results": ["table1_main_results.csv", "table1_main_results.md"],
@@ -24,12 +24,33 @@ def smoke_pipeline(tiny_base, tmp_path_factory):
     profile = load_profile("tiny", params)
     for method in ["grpo", "g2rl"]:
         Trainer(profile.train_config(method, 0, steps=2, val_every=1), root / "runs" / method / "seed0").train()
-        assert cli.main(["--params", str(params), "eval", "--model", str(root / "runs" / method / "seed0" / "final"),
-                         "--method", method, "--out", str(root / "eval" / method / "seed0"), "--limit", "3"]) == 0
-    Trainer(profile.train_config("g2rl", 0, steps=2, val_every=1, variant="centered", lam=1.0),
-            root / "ablation" / "centered-lam1.0").train()
+        assert (
+            cli.main(
+                [
+                    "--params",
+                    str(params),
+                    "eval",
+                    "--model",
+                    str(root / "runs" / method / "seed0" / "final"),
+                    "--method",
+                    method,
+                    "--out",
+                    str(root / "eval" / method / "seed0"),
+                    "--limit",
+                    "3",
+                ]
+            )
+            == 0
+        )
+    Trainer(
+        profile.train_config("g2rl", 0, steps=2, val_every=1, variant="centered", lam=1.0),
+        root / "ablation" / "centered-lam1.0",
+    ).train()
     assert cli.main(["--params", str(params), "eval", "--out", str(root / "eval" / "base"), "--limit", "3"]) == 0
-    assert cli.main(["--params", str(params), "geometry", "--runs", str(root / "runs"), "--out", str(root / "geometry")]) == 0
+    assert (
+        cli.main(["--params", str(params), "geometry", "--runs", str(root / "runs"), "--out", str(root / "geometry")])
+        == 0
+    )
     return root
 
 
@@ -40,19 +61,31 @@ def test_notebook_runs_and_writes_its_outputs(smoke_pipeline, tiny_base, name):
     root = smoke_pipeline
     results = root / "results"
     parameters = {
-        "profile": "tiny", "params_path": str(tiny_base / "params.yaml"), "results_dir": str(results),
-        "eval_dir": str(root / "eval"), "runs_dir": str(root / "runs"), "geometry_dir": str(root / "geometry"),
-        "ablation_dir": str(root / "ablation"), "k": 4, "ks": [4], "m": 4,
+        "profile": "tiny",
+        "params_path": str(tiny_base / "params.yaml"),
+        "results_dir": str(results),
+        "eval_dir": str(root / "eval"),
+        "runs_dir": str(root / "runs"),
+        "geometry_dir": str(root / "geometry"),
+        "ablation_dir": str(root / "ablation"),
+        "k": 4,
+        "ks": [4],
+        "m": 4,
     }
-    papermill.execute_notebook(f"notebooks/{name}.ipynb", str(root / f"{name}.ipynb"), parameters=parameters,
-                               progress_bar=False, kernel_name="python3")
+    papermill.execute_notebook(
+        f"notebooks/{name}.ipynb",
+        str(root / f"{name}.ipynb"),
+        parameters=parameters,
+        progress_bar=False,
+        kernel_name="python3",
+    )
     for filename in NOTEBOOK_OUTPUTS[name]:
         path = results / filename
         assert path.exists() and path.stat().st_size > 0, f"{name} did not write {filename}"
 
 
 def test_results_index_embeds_tables_and_figures(tmp_path):
-    from g2rl_core.report import write_results_index
+    from g2rl_core.pipeline.report import write_results_index
 
     folder = tmp_path / "tiny"
     folder.mkdir()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from g2rl_core.shaping import (
+from g2rl_core.maths.shaping import (
     exploration_scores,
     grpo_advantages,
     normalize_scores,
@@ -58,7 +58,9 @@ def test_shape_rewards_hand_checked():
     # The prose reading: the most novel incorrect response is penalised more, not less.
     assert cen[0, 3] < -1 < eq[0, 3]
     # Clipping binds for large lam.
-    torch.testing.assert_close(shape_rewards(r, nu, lam=5.0, variant="centered"), torch.tensor([[-3.0, 1.0, 3.0, -3.0]]))
+    torch.testing.assert_close(
+        shape_rewards(r, nu, lam=5.0, variant="centered"), torch.tensor([[-3.0, 1.0, 3.0, -3.0]])
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from g2rl_core.config import ConfigError, TrainConfig, from_mapping, load_profile, parse_overrides
-from g2rl_core.features import causal_lm_sequence_features
+from g2rl_core.engines.native import Trainer, k3_kl
+from g2rl_core.maths.features import causal_lm_sequence_features
+from g2rl_core.models import load_policy
 from g2rl_core.rollout import TransformersRollout
-from g2rl_core.trainer import Trainer, k3_kl, load_policy
 
 
 def _cli(params, *args):
-    return [sys.executable, "-m", "g2rl_core.cli", "--params", str(params), *args]
+    return [sys.executable, "-m", "g2rl_core.pipeline.cli", "--params", str(params), *args]
 
 
 def _rows(run):
@@ -35,8 +36,21 @@ def test_each_method_trains_and_logs(tiny_base, tmp_path, method):
     train = [r for r in rows if r["kind"] == "train"]
     val = [r for r in rows if r["kind"] == "val"]
     assert [r["step"] for r in train] == [1, 2, 3] and [r["step"] for r in val] == [0, 3]
-    for key in ["reward_mean", "accuracy", "response_length_mean", "entropy_mean", "kl", "clip_frac", "grad_norm",
-                "nu_mean", "nu_std", "phi_cos_mean", "phi_neg_share", "step_time_s", "tokens_per_s"]:
+    for key in [
+        "reward_mean",
+        "accuracy",
+        "response_length_mean",
+        "entropy_mean",
+        "kl",
+        "clip_frac",
+        "grad_norm",
+        "nu_mean",
+        "nu_std",
+        "phi_cos_mean",
+        "phi_neg_share",
+        "step_time_s",
+        "tokens_per_s",
+    ]:
         assert all(key in r and r[key] == r[key] for r in train), key  # present and not NaN
     assert all(0 <= r["nu_mean"] <= 1 and 0 <= r["phi_neg_share"] <= 1 for r in train)
     assert all(0 <= r["val_mean_at_2"] <= 1 for r in val)
@@ -54,8 +68,11 @@ def test_each_method_trains_and_logs(tiny_base, tmp_path, method):
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, tmp_path):
     params = tiny_base / "params.yaml"
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_cli(params, "train", "--method", "g2rl", "--out", str(killed)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(params, "train", "--method", "g2rl", "--out", str(killed)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoint.pt").exists():
         assert proc.poll() is None, "the run ended before its first checkpoint"
@@ -84,7 +101,9 @@ def test_resume_refuses_a_different_config(tiny_base, tmp_path):
 
 
 def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
-    with pytest.raises(ConfigError, match=r"method = 'ppo' is not allowed; choose one of \['grpo', 'entropy', 'evol', 'g2rl'\]"):
+    with pytest.raises(
+        ConfigError, match=r"method = 'ppo' is not allowed; choose one of \['grpo', 'entropy', 'evol', 'g2rl'\]"
+    ):
         TrainConfig(method="ppo")
     with pytest.raises(ConfigError, match="clip_ratio = -0.1 must be >= 0"):
         TrainConfig(clip_ratio=-0.1)
@@ -96,7 +115,11 @@ def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
         from_mapping(TrainConfig, {"learning_rate": 1.0})
     with pytest.raises(ConfigError, match="variant"):
         TrainConfig(variant="prose")
-    assert parse_overrides(["lr=1e-4", "method=g2rl", "chat_template=true"]) == {"lr": 1e-4, "method": "g2rl", "chat_template": True}
+    assert parse_overrides(["lr=1e-4", "method=g2rl", "chat_template=true"]) == {
+        "lr": 1e-4,
+        "method": "g2rl",
+        "chat_template": True,
+    }
     with pytest.raises(ConfigError, match="profile = 'huge' is not defined"):
         load_profile("huge", tiny_base / "params.yaml")
     with pytest.raises(ConfigError, match="no parameter file"):
@@ -106,8 +129,11 @@ def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
 
 
 def test_cli_reports_errors_without_traceback(tiny_base, tmp_path):
-    out = subprocess.run(_cli(tiny_base / "params.yaml", "train", "--method", "g2rl", "--out", str(tmp_path), "--set", "lam=-1"),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        _cli(tiny_base / "params.yaml", "train", "--method", "g2rl", "--out", str(tmp_path), "--set", "lam=-1"),
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert "g2rl train: error: profile 'tiny': lam = -1.0 must be >= 0" in out.stderr
     assert "Traceback" not in out.stderr
@@ -116,10 +142,14 @@ def test_cli_reports_errors_without_traceback(tiny_base, tmp_path):
 def test_sampler_and_trainer_log_probs_agree(tiny_base):
     model, tokenizer = load_policy(str(tiny_base / "base"))
     backend = TransformersRollout(model, tokenizer, return_logprobs=True)
-    prompts = ["Compute 1+2+3.", "Compute 4+5+6+7+8.\nPlease reason step by step, and put your final answer within \\boxed{}."]
+    prompts = [
+        "Compute 1+2+3.",
+        "Compute 4+5+6+7+8.\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    ]
     batch = backend.generate(prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=30, seed=0)
-    feats = causal_lm_sequence_features(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
-                                        temperature=0.7)
+    feats = causal_lm_sequence_features(
+        model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, temperature=0.7
+    )
     mask = batch.response_mask.bool()
     assert batch.prompt_mask[:, 0].eq(0).any()  # left padding is exercised
     torch.testing.assert_close(feats.logprobs[mask], batch.sampler_logprobs[mask], rtol=1e-4, atol=1e-4)

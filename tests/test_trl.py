@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("trl")
 
 from g2rl_core.config import load_profile  # noqa: E402
-from g2rl_core.integrations.trl import grpo_config_from_profile, train_with_trl  # noqa: E402
+from g2rl_core.engines.trl import grpo_config_from_profile, train_with_trl  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("trl_split_groups.py")
 
@@ -32,9 +32,26 @@ def _split_run(model_dir, out, method, processes):
     if processes == 1:
         command = [sys.executable, str(SCRIPT), str(model_dir), str(out), method]
     else:  # `accelerate launch --cpu` starts one process in this version; --multi_gpu + ACCELERATE_USE_CPU runs gloo
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-                   str(SCRIPT), str(model_dir), str(out), method]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29517",
+            str(SCRIPT),
+            str(model_dir),
+            str(out),
+            method,
+        ]
     subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
     return json.loads(Path(out).read_text())
 
@@ -56,8 +73,15 @@ def test_profile_maps_to_grpo_config(tmp_path):
     profile = load_profile("paper-1.7b", Path(__file__).resolve().parents[1] / "params.yaml")
     grpo = grpo_config_from_profile(profile.train_config("grpo", 0), str(tmp_path))
     assert (grpo.learning_rate, grpo.beta, grpo.epsilon, grpo.num_generations) == (5e-7, 0.001, 0.2, 16)
-    assert (grpo.temperature, grpo.max_completion_length, grpo.loss_type, grpo.scale_rewards) == (1.0, 8192, "dapo", "group")
-    assert grpo.generation_batch_size == 256 and grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps == 16
+    assert (grpo.temperature, grpo.max_completion_length, grpo.loss_type, grpo.scale_rewards) == (
+        1.0,
+        8192,
+        "dapo",
+        "group",
+    )
+    assert (
+        grpo.generation_batch_size == 256 and grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps == 16
+    )
     g2rl = grpo_config_from_profile(profile.train_config("g2rl", 0), str(tmp_path))
     assert g2rl.scale_rewards == "none"
     entropy = grpo_config_from_profile(profile.train_config("entropy", 0), str(tmp_path))

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from g2rl_core.verifier import extract_choice, last_boxed, verify
+from g2rl_core.evaluation.verifier import extract_choice, last_boxed, verify
 
 MATH_FILES = ["math500.jsonl", "aime24.jsonl", "aime25.jsonl", "amc23.jsonl", "math_train.jsonl"]
 CHOICE_FILES = ["gpqa_diamond.jsonl", "mmlu_pro.jsonl"]
@@ -66,7 +66,7 @@ def test_extracted_string_and_very_long_output():
     assert verify(long, "7").reward == 1.0
     assert verify("\\boxed{\\frac{\\sqrt{3}}{2}}", "1").extracted == "\\frac{\\sqrt{3}}{2}"
     assert verify("nothing", "1").extracted is None
-    assert verify("", "1") .extracted is None
+    assert verify("", "1").extracted is None
 
 
 def test_last_boxed_matches_nested_braces_and_skips_unbalanced():

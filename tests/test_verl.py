@@ -15,18 +15,24 @@ import torch
 
 verl = pytest.importorskip("verl")
 
+from conftest import tiny_qwen3  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
 from verl.trainer.ppo import ray_trainer  # noqa: E402
 from verl.trainer.ppo.core_algos import AdvantageEstimator  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
 
-from conftest import tiny_qwen3  # noqa: E402
-from g2rl_core.features import PhiSums, causal_lm_sequence_features, lm_head_parameters, phi_from_sums, phi_sums_from_logits  # noqa: E402
-from g2rl_core.integrations.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores  # noqa: E402
-from g2rl_core.integrations.verl.engine import PhiCaptureEngine, response_rows  # noqa: E402
-from g2rl_core.integrations.verl.overrides import verl_overrides  # noqa: E402
-from g2rl_core.shaping import exploration_scores, grpo_advantages, shape_rewards  # noqa: E402
+from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores  # noqa: E402
+from g2rl_core.engines.verl.engine import PhiCaptureEngine, response_rows  # noqa: E402
+from g2rl_core.engines.verl.overrides import verl_overrides  # noqa: E402
+from g2rl_core.maths.features import (  # noqa: E402
+    PhiSums,
+    causal_lm_sequence_features,
+    lm_head_parameters,
+    phi_from_sums,
+    phi_sums_from_logits,
+)
+from g2rl_core.maths.shaping import exploration_scores, grpo_advantages, shape_rewards  # noqa: E402
 
 TEMPERATURE = 0.7
 
@@ -39,8 +45,16 @@ def _samples(V, seed=0, prompt_lengths=(5, 3, 4, 2, 6), response_lengths=(6, 2, 
         prompt, response = torch.randint(1, V, (p,), generator=g), torch.randint(1, V, (r,), generator=g)
         mask = torch.ones(r, dtype=torch.int64)
         input_ids = torch.cat([prompt, response])
-        samples.append({"prompts": prompt, "responses": response, "response_mask": mask, "loss_mask": mask,
-                        "input_ids": input_ids, "position_ids": torch.arange(len(input_ids))})
+        samples.append(
+            {
+                "prompts": prompt,
+                "responses": response,
+                "response_mask": mask,
+                "loss_mask": mask,
+                "input_ids": input_ids,
+                "position_ids": torch.arange(len(input_ids)),
+            }
+        )
     samples[2]["response_mask"] = samples[2]["loss_mask"] = torch.tensor([1, 1, 0, 1])  # a masked tool token
     return samples
 
@@ -52,11 +66,26 @@ def _library_features(model, samples):
     as alpha_t of eq. 8.
     """
     prompt_ids, prompt_mask, response_ids, response_mask = _padded(samples)
-    attended = torch.stack([torch.cat([torch.ones(len(s["responses"]), dtype=torch.long),
-                                       torch.zeros(response_ids.shape[1] - len(s["responses"]), dtype=torch.long)])
-                            for s in samples])
-    feats = causal_lm_sequence_features(model, prompt_ids, prompt_mask, response_ids, attended,
-                                        temperature=TEMPERATURE, token_weights=response_mask.double())
+    attended = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.ones(len(s["responses"]), dtype=torch.long),
+                    torch.zeros(response_ids.shape[1] - len(s["responses"]), dtype=torch.long),
+                ]
+            )
+            for s in samples
+        ]
+    )
+    feats = causal_lm_sequence_features(
+        model,
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        attended,
+        temperature=TEMPERATURE,
+        token_weights=response_mask.double(),
+    )
     return feats, attended
 
 
@@ -64,9 +93,11 @@ def _padded(samples):
     """The same batch left/right padded."""
     P = max(len(s["prompts"]) for s in samples)
     R = max(len(s["responses"]) for s in samples)
+
     def pad(t, n, left):
         z = torch.zeros(n - len(t), dtype=t.dtype)
         return torch.cat([z, t]) if left else torch.cat([t, z])
+
     prompt_ids = torch.stack([pad(s["prompts"], P, True) for s in samples])
     prompt_mask = torch.stack([pad(torch.ones(len(s["prompts"]), dtype=torch.long), P, True) for s in samples])
     response_ids = torch.stack([pad(s["responses"], R, False) for s in samples])
@@ -97,7 +128,9 @@ def cpu_engine(tmp_path_factory):
     model.save_pretrained(path)
     engine = transformer_impl.FSDPEngineWithLMHead(
         HFModelConfig(path=str(path), load_tokenizer=False, use_remove_padding=True),
-        FSDPEngineConfig(use_torch_compile=False, strategy="fsdp2"), FSDPOptimizerConfig(lr=1e-6), CheckpointConfig(),
+        FSDPEngineConfig(use_torch_compile=False, strategy="fsdp2"),
+        FSDPOptimizerConfig(lr=1e-6),
+        CheckpointConfig(),
     )
     engine.module = model  # what initialize() would wrap in FSDP
     engine._autocast_dtype = torch.float32  # verl skips autocast for fp32
@@ -108,8 +141,9 @@ def cpu_engine(tmp_path_factory):
 
 def _infer(engine, samples, **flags):
     td = tu.list_of_dict_to_tensordict(samples)
-    tu.assign_non_tensor(td, calculate_entropy=True, compute_loss=False, temperature=TEMPERATURE,
-                         use_fused_kernels=False, **flags)
+    tu.assign_non_tensor(
+        td, calculate_entropy=True, compute_loss=False, temperature=TEMPERATURE, use_fused_kernels=False, **flags
+    )
     return td, engine.infer_batch(td)["model_output"]
 
 
@@ -118,8 +152,11 @@ def _infer(engine, samples, **flags):
 def test_actor_log_prob_pass_returns_phi_equal_to_the_library_pass(cpu_engine, remove_padding, dynamic_bsz):
     model = cpu_engine.module
     samples = _samples(model.config.vocab_size)
-    batching = ({"use_dynamic_bsz": True, "max_token_len_per_gpu": 16} if dynamic_bsz  # several reordered micro-batches
-                else {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 5})
+    batching = (
+        {"use_dynamic_bsz": True, "max_token_len_per_gpu": 16}
+        if dynamic_bsz  # several reordered micro-batches
+        else {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 5}
+    )
     td, out = _infer(cpu_engine, samples, use_remove_padding=remove_padding, **{PHI_FLAG: True}, **batching)
     ref, attended = _library_features(model, samples)
     phi = out[PHI_KEY].to_padded_tensor(0.0) if out[PHI_KEY].is_nested else out[PHI_KEY]
@@ -147,17 +184,34 @@ def test_phi_is_float32_under_verls_bf16_autocast(cpu_engine, monkeypatch):
     seen = []
     model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.detach()))
     samples = _samples(model.config.vocab_size, seed=3)
-    td, out = _infer(cpu_engine, samples, use_remove_padding=True, use_dynamic_bsz=False, micro_batch_size_per_gpu=5,
-                     **{PHI_FLAG: True})
+    td, out = _infer(
+        cpu_engine,
+        samples,
+        use_remove_padding=True,
+        use_dynamic_bsz=False,
+        micro_batch_size_per_gpu=5,
+        **{PHI_FLAG: True},
+    )
     (logits,) = seen  # bf16 logits, as verl's forward made them
     assert logits.dtype == torch.bfloat16
-    rows = response_rows(td["input_ids"], td["response_mask"], TEMPERATURE, logits_shape=tuple(logits.shape),
-                         remove_padding=True)
-    expected = phi_from_sums(phi_sums_from_logits(
-        logits, rows["rows"], rows["token_ids"], rows["weights"], rows["segment_ids"], len(samples),
-        model.get_output_embeddings().weight, temperature=rows["temperature"]))
-    torch.testing.assert_close(out[PHI_KEY].to_padded_tensor(0.0) if out[PHI_KEY].is_nested else out[PHI_KEY],
-                               expected, rtol=1e-5, atol=1e-6)
+    rows = response_rows(
+        td["input_ids"], td["response_mask"], TEMPERATURE, logits_shape=tuple(logits.shape), remove_padding=True
+    )
+    expected = phi_from_sums(
+        phi_sums_from_logits(
+            logits,
+            rows["rows"],
+            rows["token_ids"],
+            rows["weights"],
+            rows["segment_ids"],
+            len(samples),
+            model.get_output_embeddings().weight,
+            temperature=rows["temperature"],
+        )
+    )
+    torch.testing.assert_close(
+        out[PHI_KEY].to_padded_tensor(0.0) if out[PHI_KEY].is_nested else out[PHI_KEY], expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fused_kernels_are_refused(cpu_engine):
@@ -178,14 +232,30 @@ def test_sequence_parallel_slices_add_up_to_the_whole_sequence():
     local = math.ceil(logits.shape[1] / sp)
     logits = torch.nn.functional.pad(logits, (0, 0, 0, local * sp - logits.shape[1]))  # verl's SP pad at the tail
     W, _ = lm_head_parameters(model)
-    total = PhiSums(weighted=torch.zeros(len(samples), W.shape[1], dtype=torch.float64),
-                    weight=torch.zeros(len(samples), dtype=torch.float64))
+    total = PhiSums(
+        weighted=torch.zeros(len(samples), W.shape[1], dtype=torch.float64),
+        weight=torch.zeros(len(samples), dtype=torch.float64),
+    )
     for rank in range(sp):
-        shard = logits[:, rank * local:(rank + 1) * local]
-        rows = response_rows(td["input_ids"], td["response_mask"], TEMPERATURE, logits_shape=tuple(shard.shape),
-                             remove_padding=True, sp_rank=rank)
-        sums = phi_sums_from_logits(shard, rows["rows"], rows["token_ids"], rows["weights"], rows["segment_ids"],
-                                    len(samples), W, temperature=rows["temperature"])
+        shard = logits[:, rank * local : (rank + 1) * local]
+        rows = response_rows(
+            td["input_ids"],
+            td["response_mask"],
+            TEMPERATURE,
+            logits_shape=tuple(shard.shape),
+            remove_padding=True,
+            sp_rank=rank,
+        )
+        sums = phi_sums_from_logits(
+            shard,
+            rows["rows"],
+            rows["token_ids"],
+            rows["weights"],
+            rows["segment_ids"],
+            len(samples),
+            W,
+            temperature=rows["temperature"],
+        )
         total = PhiSums(weighted=total.weighted + sums.weighted, weight=total.weight + sums.weight)
     assert packed.numel() % sp != 0  # the pad is exercised
     ref, _ = _library_features(model, samples)
@@ -231,9 +301,13 @@ def test_shaping_groups_by_uid_and_writes_the_last_token():
 def test_verl_grpo_advantage_of_shaped_scores_is_our_eq2_up_to_verls_unbiased_std():
     scores, mask, phi, uid, _ = _scored_batch(seed=1, groups=2, m=8)
     shaped, _ = shape_outcome_scores(scores, mask, phi, uid, ShapingConfig(lam=1.0))
-    data = DataProto.from_dict(tensors={"response_mask": mask, "token_level_rewards": shaped,
-                                        "responses": torch.zeros_like(mask)}, non_tensors={"uid": uid})
-    adv = ray_trainer.compute_advantage(data, AdvantageEstimator.GRPO, norm_adv_by_std_in_grpo=True).batch["advantages"][:, 0]
+    data = DataProto.from_dict(
+        tensors={"response_mask": mask, "token_level_rewards": shaped, "responses": torch.zeros_like(mask)},
+        non_tensors={"uid": uid},
+    )
+    adv = ray_trainer.compute_advantage(data, AdvantageEstimator.GRPO, norm_adv_by_std_in_grpo=True).batch[
+        "advantages"
+    ][:, 0]
     m = 8
     for group in np.unique(uid):
         idx = np.nonzero(uid == group)[0]
@@ -245,10 +319,11 @@ def test_verl_grpo_advantage_of_shaped_scores_is_our_eq2_up_to_verls_unbiased_st
 def test_shaping_config_names_the_bad_key():
     from omegaconf import OmegaConf
 
-    from g2rl_core.integrations.verl.trainer import shaping_config
+    from g2rl_core.engines.verl.trainer import shaping_config
 
     def block(**g2rl):
         return OmegaConf.create({"g2rl": g2rl, "algorithm": {}})
+
     with pytest.raises(ValueError, match="g2rl: variant"):
         shaping_config(block(variant="sideways"))
     with pytest.raises(ValueError, match="g2rl: lam"):
@@ -270,16 +345,30 @@ def test_launch_overrides_compose_with_verls_hydra_config(profile, length):
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)
     actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
-    assert (cfg.data.train_batch_size, rollout.n, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu) == (16, 16, 1, 2)
-    assert (actor.optim.lr, actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (5e-7, True, 0.001, "low_var_kl")
+    assert (cfg.data.train_batch_size, rollout.n, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu) == (
+        16,
+        16,
+        1,
+        2,
+    )
+    assert (actor.optim.lr, actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (
+        5e-7,
+        True,
+        0.001,
+        "low_var_kl",
+    )
     assert (rollout.temperature, rollout.val_kwargs.temperature, cfg.data.max_response_length) == (1.0, 0.8, length)
-    assert (cfg.algorithm.adv_estimator, actor.loss_agg_mode, cfg.trainer.total_training_steps) == ("grpo", "token-mean", 200)
+    assert (cfg.algorithm.adv_estimator, actor.loss_agg_mode, cfg.trainer.total_training_steps) == (
+        "grpo",
+        "token-mean",
+        200,
+    )
     assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "g2rl"
-    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "g2rl_core.integrations.verl.trainer"
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "g2rl_core.engines.verl.trainer"
 
     from verl.trainer.ppo.v1 import get_trainer_cls
 
-    from g2rl_core.integrations.verl.trainer import G2RLTrainer, shaping_config
+    from g2rl_core.engines.verl.trainer import G2RLTrainer, shaping_config
 
     assert get_trainer_cls("g2rl") is G2RLTrainer
     assert shaping_config(cfg) == ShapingConfig(lam=1.5, variant="equation", normalize="minmax", clip=3.0)
@@ -302,15 +391,25 @@ def transfer_queue():
 def _trainer(lam=1.0):
     from omegaconf import OmegaConf
 
-    from g2rl_core.integrations.verl.trainer import G2RLTrainer
+    from g2rl_core.engines.verl.trainer import G2RLTrainer
 
     trainer = object.__new__(G2RLTrainer)  # the driver-side steps only; no Ray workers or rollout servers
-    trainer.config = OmegaConf.create({
-        "algorithm": {"adv_estimator": "grpo", "gamma": 1.0, "lam": 1.0, "use_kl_in_reward": False,
-                      "norm_adv_by_std_in_grpo": True, "rollout_correction": None},
-        "actor_rollout_ref": {"rollout": {"n": 4, "temperature": TEMPERATURE, "calculate_log_probs": False},
-                              "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None}},
-    })
+    trainer.config = OmegaConf.create(
+        {
+            "algorithm": {
+                "adv_estimator": "grpo",
+                "gamma": 1.0,
+                "lam": 1.0,
+                "use_kl_in_reward": False,
+                "norm_adv_by_std_in_grpo": True,
+                "rollout_correction": None,
+            },
+            "actor_rollout_ref": {
+                "rollout": {"n": 4, "temperature": TEMPERATURE, "calculate_log_probs": False},
+                "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None},
+            },
+        }
+    )
     trainer.shaping = ShapingConfig(lam=lam)
     return trainer
 
@@ -321,11 +420,27 @@ def _put_step(tq, partition, seed=0):
     samples = []
     for i in range(len(uid)):
         r = int(mask[i].sum())
-        samples.append({"uid": uid[i], "response_mask": mask[i, :r], "rm_scores": scores[i, :r], PHI_KEY: phi[i],
-                        "old_log_probs": torch.zeros(r), "ref_log_prob": torch.zeros(r)})
+        samples.append(
+            {
+                "uid": uid[i],
+                "response_mask": mask[i, :r],
+                "rm_scores": scores[i, :r],
+                PHI_KEY: phi[i],
+                "old_log_probs": torch.zeros(r),
+                "ref_log_prob": torch.zeros(r),
+            }
+        )
     # upsample_batch_to_divisible_size: a copy of sample 0's fields with an empty response and zero score.
-    samples.append({**samples[0], "response_mask": torch.zeros(1, dtype=torch.long), "rm_scores": torch.zeros(1),
-                    PHI_KEY: torch.zeros(phi.shape[1]), "old_log_probs": torch.zeros(1), "ref_log_prob": torch.zeros(1)})
+    samples.append(
+        {
+            **samples[0],
+            "response_mask": torch.zeros(1, dtype=torch.long),
+            "rm_scores": torch.zeros(1),
+            PHI_KEY: torch.zeros(phi.shape[1]),
+            "old_log_probs": torch.zeros(1),
+            "ref_log_prob": torch.zeros(1),
+        }
+    )
     # A multi-output session: an earlier output of sample 1's session, which only inherits its advantage.
     samples.append({**samples[1], "rm_scores": torch.full_like(samples[1]["rm_scores"], 5.0), PHI_KEY: -phi[1]})
     tags = [{"is_padding": False}] * len(uid) + [{"is_padding": True}, {"is_padding": False}]
@@ -349,14 +464,18 @@ def test_trainer_advantage_step_shapes_by_uid_and_keeps_verifier_scores(transfer
     # Expected: verl's own V1 GRPO on the shaped scores of the real, final outputs; the padding
     # sample (score 0, sample 0's uid) and the earlier output (score 5) as verl sees them.
     shaped, expected_metrics = shape_outcome_scores(scores, mask, phi, uid, ShapingConfig(lam=1.0))
+
     def verl_grpo(token_scores):
         rewards = torch.cat([token_scores, torch.zeros(1, R), torch.full((1, R), 5.0) * mask[1]])
         full_mask = torch.cat([mask, torch.zeros(1, R, dtype=torch.long), mask[1:2]])
-        data = DataProto.from_dict(tensors={"response_mask": full_mask, "token_level_rewards": rewards,
-                                            "responses": torch.zeros(B + 2, R)},
-                                   non_tensors={"uid": np.append(uid, [uid[0], uid[1]])})
-        return compute_advantage_for_multi_trajectories(data, batch_keys=keys, adv_estimator=AdvantageEstimator.GRPO,
-                                                        num_repeat=4).batch["advantages"]
+        data = DataProto.from_dict(
+            tensors={"response_mask": full_mask, "token_level_rewards": rewards, "responses": torch.zeros(B + 2, R)},
+            non_tensors={"uid": np.append(uid, [uid[0], uid[1]])},
+        )
+        return compute_advantage_for_multi_trajectories(
+            data, batch_keys=keys, adv_estimator=AdvantageEstimator.GRPO, num_repeat=4
+        ).batch["advantages"]
+
     expected = verl_grpo(shaped)
     adv = out["advantages"][:, :R]
     torch.testing.assert_close(adv[:B] * mask, expected[:B] * mask, rtol=1e-5, atol=1e-5)
@@ -376,8 +495,11 @@ def test_trainer_asks_for_phi_in_the_old_log_prob_pass_only(transfer_queue):
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
             n = data["response_mask"].offsets().diff() + 3  # prompt (3 tokens) + response, unpadded
             nested = torch.nested.as_nested_tensor([torch.zeros(int(k)) for k in n], layout=torch.jagged)
-            return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
-                                   fields=TensorDict({"log_probs": nested, "entropy": nested.clone()}, batch_size=len(n)))
+            return tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=TensorDict({"log_probs": nested, "entropy": nested.clone()}, batch_size=len(n)),
+            )
 
     trainer = _trainer()
     trainer.actor_rollout_wg = ActorWorkerGroup()
@@ -392,7 +514,7 @@ def test_verl_imports_the_trainer_module_when_asked(tmp_path):
     import sys
 
     code = "import verl; from verl.trainer.ppo.v1 import get_trainer_cls; print(get_trainer_cls('g2rl').__name__)"
-    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "g2rl_core.integrations.verl.trainer"}
+    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "g2rl_core.engines.verl.trainer"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("G2RLTrainer")

@@ -9,18 +9,20 @@ the base weights; the test checks that those differ from the trained ones by far
 import os
 
 import pytest
-import torch
 
 vllm = pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from g2rl_core.config import load_profile  # noqa: E402
-from g2rl_core.features import causal_lm_sequence_features  # noqa: E402
-from g2rl_core.trainer import Trainer, load_policy  # noqa: E402
+from g2rl_core.engines.native import Trainer  # noqa: E402
+from g2rl_core.maths.features import causal_lm_sequence_features  # noqa: E402
+from g2rl_core.models import load_policy  # noqa: E402
 
 TOLERANCE = 2e-3
-PROMPTS = ["Compute 2+7+5.\nPlease reason step by step, and put your final answer within \\boxed{}.",
-           "Compute 9+1+4+3.\nPlease reason step by step, and put your final answer within \\boxed{}."]
+PROMPTS = [
+    "Compute 2+7+5.\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    "Compute 9+1+4+3.\nPlease reason step by step, and put your final answer within \\boxed{}.",
+]
 
 
 def test_engine_weights_follow_the_trainer(tiny_base, tmp_path):
@@ -37,5 +39,7 @@ def test_engine_weights_follow_the_trainer(tiny_base, tmp_path):
 
     base_model, _ = load_policy(cfg.model)
     base = causal_lm_sequence_features(base_model, *args).logprobs
-    assert (base[mask] - batch.sampler_logprobs[mask]).abs().max().item() > 50 * TOLERANCE, "training did not move the weights"
+    assert (base[mask] - batch.sampler_logprobs[mask]).abs().max().item() > 50 * TOLERANCE, (
+        "training did not move the weights"
+    )
     assert sum(t.count("\\boxed") for t in batch.texts) > 0

@@ -12,9 +12,9 @@ import sys
 import torch
 
 from g2rl_core.config import TrainConfig
-from g2rl_core.integrations.trl import ExplorationGRPOTrainer, grpo_config_from_profile, problems_dataset, verifier_reward
-from g2rl_core.benchmarks import Problem
-from g2rl_core.trainer import load_policy
+from g2rl_core.engines.trl import ExplorationGRPOTrainer, grpo_config_from_profile, problems_dataset, verifier_reward
+from g2rl_core.evaluation.benchmarks import Problem
+from g2rl_core.models import load_policy
 
 
 def fixed_batch(tokenizer):
@@ -35,12 +35,27 @@ def fixed_batch(tokenizer):
 
 def main(model_dir: str, out: str, method: str) -> None:
     model, tokenizer = load_policy(model_dir)
-    cfg = TrainConfig(model=model_dir, method=method, prompts_per_step=2, rollouts_per_prompt=4, ppo_mini_batch_size=1,
-                      ppo_micro_batch_size=4, lr=1e-4, max_response_length=40, steps=1)
+    cfg = TrainConfig(
+        model=model_dir,
+        method=method,
+        prompts_per_step=2,
+        rollouts_per_prompt=4,
+        ppo_mini_batch_size=1,
+        ppo_micro_batch_size=4,
+        lr=1e-4,
+        max_response_length=40,
+        steps=1,
+    )
     problems, rows, prompt_ids, completion_ids = fixed_batch(tokenizer)
     args = grpo_config_from_profile(cfg, out + ".trainer", per_device_train_batch_size=4, generation_batch_size=8)
-    trainer = ExplorationGRPOTrainer(model=model, reward_funcs=[verifier_reward], args=args,
-                                     train_dataset=problems_dataset(problems), processing_class=tokenizer, exploration=cfg)
+    trainer = ExplorationGRPOTrainer(
+        model=model,
+        reward_funcs=[verifier_reward],
+        args=args,
+        train_dataset=problems_dataset(problems),
+        processing_class=tokenizer,
+        exploration=cfg,
+    )
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
     share = len(rows) // world
     mine = slice(rank * share, (rank + 1) * share)
@@ -48,13 +63,21 @@ def main(model_dir: str, out: str, method: str) -> None:
     inputs = [{"prompt": p.prompt, "answer": p.answer, "kind": p.kind} for p, _ in local_rows]
     trainer._last_token_ids = (prompt_ids[mine], completion_ids[mine])
     trainer.model.train()
-    advantages = trainer._calculate_rewards(inputs, [p.prompt for p, _ in local_rows], [t for _, t in local_rows],
-                                            completion_ids[mine])
+    advantages = trainer._calculate_rewards(
+        inputs, [p.prompt for p, _ in local_rows], [t for _, t in local_rows], completion_ids[mine]
+    )
     base = torch.tensor([verifier_reward([t], [p.answer], [p.kind])[0] for p, t in rows])
     if rank == 0:
         with open(out, "w") as fh:
-            json.dump({"world": world, "advantages": advantages.view(-1).tolist(), "base_rewards": base.tolist(),
-                       "metrics": {k: v for k, v in trainer._metrics["train"].items() if k.startswith("g2rl/")}}, fh)
+            json.dump(
+                {
+                    "world": world,
+                    "advantages": advantages.view(-1).tolist(),
+                    "base_rewards": base.tolist(),
+                    "metrics": {k: v for k, v in trainer._metrics["train"].items() if k.startswith("g2rl/")},
+                },
+                fh,
+            )
 
 
 if __name__ == "__main__":

@@ -24,39 +24,28 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from g2rl_core.benchmarks import load_problems
 from g2rl_core.config import ConfigError, TrainConfig
-from g2rl_core.evaluation import mean_accuracy, sample_and_score
-from g2rl_core.features import causal_lm_sequence_features, lm_head_parameters, response_hidden_states, token_logprobs_and_entropy
-from g2rl_core.methods import METHODS, GroupBatch, sentence_encoder
+from g2rl_core.evaluation.benchmarks import load_problems
+from g2rl_core.evaluation.runner import mean_accuracy, sample_and_score
+from g2rl_core.evaluation.verifier import verify
+from g2rl_core.maths.features import (
+    causal_lm_sequence_features,
+    lm_head_parameters,
+    response_hidden_states,
+    token_logprobs_and_entropy,
+)
+from g2rl_core.maths.methods import METHODS, GroupBatch
+from g2rl_core.maths.shaping import group_geometry
+from g2rl_core.models import load_policy, sentence_encoder
 from g2rl_core.rollout import RolloutBatch, make_rollout
-from g2rl_core.shaping import exploration_scores, pairwise_cosine
-from g2rl_core.verifier import verify
-
-
-def load_policy(name_or_path: str):
-    """(model, tokenizer) in float32 from a path or hub name; the error says how to get a missing one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    looks_local = name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1
-    if looks_local and not Path(name_or_path).is_dir():
-        raise ConfigError(
-            f"model = {name_or_path!r}: no such directory. Build the tiny base model with "
-            f"`g2rl sft --profile tiny --out build/tiny` (or `dvc repro sft`), or set model to a hub name."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-    return model, tokenizer
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -67,19 +56,6 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Low-variance KL estimator k3 = exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10]."""
     diff = (ref_logprobs - logprobs).clamp(-20, 20)
     return (torch.exp(diff) - diff - 1).clamp(-10, 10)
-
-
-def group_geometry(phi: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
-    """nu statistics and the within-group pairwise Phi-cosine (off-diagonal) for logging."""
-    nu = exploration_scores(phi, rewards)
-    m = phi.shape[1]
-    cos = pairwise_cosine(phi)[:, ~torch.eye(m, dtype=torch.bool)]
-    return {
-        "nu_mean": nu.mean().item(), "nu_std": nu.std().item() if nu.numel() > 1 else 0.0,
-        "nu_min": nu.min().item(), "nu_max": nu.max().item(),
-        "phi_cos_mean": cos.mean().item() if cos.numel() else float("nan"),
-        "phi_neg_share": (cos < 0).float().mean().item() if cos.numel() else float("nan"),
-    }
 
 
 class Trainer:
@@ -96,10 +72,15 @@ class Trainer:
         self.train_problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)
         self.val_problems = load_problems(cfg.val_data, cfg.val_kind, cfg.data_dir)[: cfg.val_problems]
         if len(self.train_problems) < cfg.prompts_per_step:
-            raise ConfigError(f"prompts_per_step = {cfg.prompts_per_step} exceeds the {len(self.train_problems)} problems in {cfg.train_data}")
+            raise ConfigError(
+                f"prompts_per_step = {cfg.prompts_per_step} exceeds the {len(self.train_problems)} "
+                f"problems in {cfg.train_data}"
+            )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = cfg.lr_warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
         self.step = 0
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -112,8 +93,13 @@ class Trainer:
         return self.out / "log.jsonl"
 
     def save_checkpoint(self) -> None:
-        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "config": asdict(self.cfg)}
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "config": asdict(self.cfg),
+        }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)  # atomic: a kill leaves the old or the new one
@@ -135,7 +121,9 @@ class Trainer:
         state = torch.load(self.checkpoint_path, weights_only=False)
         if state["config"] != asdict(self.cfg):
             changed = sorted(k for k in state["config"] if state["config"][k] != asdict(self.cfg).get(k))
-            raise ConfigError(f"{self.checkpoint_path} was written with a different config (fields {changed}); use a new --out")
+            raise ConfigError(
+                f"{self.checkpoint_path} was written with a different config (fields {changed}); use a new --out"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -153,8 +141,14 @@ class Trainer:
     def rollout(self) -> tuple[list, RolloutBatch]:
         cfg = self.cfg
         problems = random.Random(step_seed(cfg.seed, self.step)).sample(self.train_problems, cfg.prompts_per_step)
-        batch = self.backend.generate([p.prompt for p in problems], n=cfg.rollouts_per_prompt, temperature=cfg.temperature,
-                                      top_p=cfg.top_p, max_new_tokens=cfg.max_response_length, seed=step_seed(cfg.seed, self.step))
+        batch = self.backend.generate(
+            [p.prompt for p in problems],
+            n=cfg.rollouts_per_prompt,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_response_length,
+            seed=step_seed(cfg.seed, self.step),
+        )
         return problems, batch
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs) -> dict:
@@ -173,11 +167,22 @@ class Trainer:
                 for mlo in range(mini.start, mini.stop, cfg.ppo_micro_batch_size):
                     idx = slice(mlo, min(mlo + cfg.ppo_micro_batch_size, mini.stop))
                     mask = batch.response_mask[idx].float()
-                    hidden = response_hidden_states(self.model, batch.prompt_ids[idx], batch.prompt_mask[idx],
-                                                    batch.response_ids[idx], batch.response_mask[idx])
-                    logp, entropy = token_logprobs_and_entropy(hidden, weight, batch.response_ids[idx], batch.response_mask[idx],
-                                                               lm_head_bias=bias, temperature=cfg.temperature,
-                                                               chunk_size=cfg.feature_chunk_size)
+                    hidden = response_hidden_states(
+                        self.model,
+                        batch.prompt_ids[idx],
+                        batch.prompt_mask[idx],
+                        batch.response_ids[idx],
+                        batch.response_mask[idx],
+                    )
+                    logp, entropy = token_logprobs_and_entropy(
+                        hidden,
+                        weight,
+                        batch.response_ids[idx],
+                        batch.response_mask[idx],
+                        lm_head_bias=bias,
+                        temperature=cfg.temperature,
+                        chunk_size=cfg.feature_chunk_size,
+                    )
                     ratio = torch.exp(logp - old_logprobs[idx])
                     adv = advantages[idx].unsqueeze(1)
                     unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
@@ -191,7 +196,9 @@ class Trainer:
                     ((loss_tokens * mask).sum() / mini_tokens).backward()
                     sums["clip_frac"] += ((clipped > unclipped).float() * mask).sum().item()
                     sums["tokens"] += mask.sum().item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                )
                 self.optimizer.step()
                 self.backend.sync_weights(self.model)
                 sums["grad_norm"] += grad_norm.item()
@@ -199,7 +206,11 @@ class Trainer:
         self.model.eval()
         self.scheduler.step()
         tokens = max(sums["tokens"], 1.0)
-        return {"kl": sums["kl"] / tokens, "clip_frac": sums["clip_frac"] / tokens, "grad_norm": sums["grad_norm"] / sums["updates"]}
+        return {
+            "kl": sums["kl"] / tokens,
+            "clip_frac": sums["clip_frac"] / tokens,
+            "grad_norm": sums["grad_norm"] / sums["updates"],
+        }
 
     def train_step(self) -> dict:
         cfg, start = self.cfg, time.perf_counter()
@@ -208,34 +219,71 @@ class Trainer:
         verdicts = [verify(text, problems[i // m].answer, problems[i // m].kind) for i, text in enumerate(batch.texts)]
         rewards = torch.tensor([v.reward for v in verdicts]).view(G, m)
         parsable = torch.tensor([v.extracted is not None for v in verdicts]).view(G, m)
-        old = causal_lm_sequence_features(self.model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
-                                          temperature=cfg.temperature, chunk_size=cfg.feature_chunk_size)
+        old = causal_lm_sequence_features(
+            self.model,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.response_ids,
+            batch.response_mask,
+            temperature=cfg.temperature,
+            chunk_size=cfg.feature_chunk_size,
+        )
         ref_logprobs = None
         if self.ref is not None:
             with torch.no_grad():
-                hidden = response_hidden_states(self.ref, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+                hidden = response_hidden_states(
+                    self.ref, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+                )
                 w, b = lm_head_parameters(self.ref)
-                ref_logprobs, _ = token_logprobs_and_entropy(hidden, w, batch.response_ids, batch.response_mask, lm_head_bias=b,
-                                                             temperature=cfg.temperature, chunk_size=cfg.feature_chunk_size)
+                ref_logprobs, _ = token_logprobs_and_entropy(
+                    hidden,
+                    w,
+                    batch.response_ids,
+                    batch.response_mask,
+                    lm_head_bias=b,
+                    temperature=cfg.temperature,
+                    chunk_size=cfg.feature_chunk_size,
+                )
         phi = old.phi.view(G, m, -1)
-        advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(-1)
+        advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(
+            -1
+        )
         stats = self.update(batch, advantages.float(), old.logprobs, ref_logprobs)
         mask = batch.response_mask.float()
         seconds = time.perf_counter() - start
         self.step += 1
         return {
-            "kind": "train", "step": self.step, "reward_mean": rewards.mean().item(), "accuracy": (rewards > 0).float().mean().item(),
-            "response_length_mean": mask.sum(1).mean().item(), "entropy_mean": ((old.entropy * mask).sum() / mask.sum()).item(),
-            **stats, **group_geometry(phi, rewards), "advantage_abs_mean": advantages.abs().mean().item(),
-            "lr": self.scheduler.get_last_lr()[0], "step_time_s": seconds, "tokens_per_s": mask.sum().item() / seconds,
+            "kind": "train",
+            "step": self.step,
+            "reward_mean": rewards.mean().item(),
+            "accuracy": (rewards > 0).float().mean().item(),
+            "response_length_mean": mask.sum(1).mean().item(),
+            "entropy_mean": ((old.entropy * mask).sum() / mask.sum()).item(),
+            **stats,
+            **group_geometry(phi, rewards),
+            "advantage_abs_mean": advantages.abs().mean().item(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_time_s": seconds,
+            "tokens_per_s": mask.sum().item() / seconds,
         }
 
     def validate(self) -> dict:
         cfg = self.cfg
-        samples = sample_and_score(self.backend, self.val_problems, n=cfg.val_samples, temperature=cfg.val_temperature,
-                                   top_p=cfg.top_p, max_new_tokens=cfg.max_response_length, seed=step_seed(cfg.seed, 10**6))
-        return {"kind": "val", "step": self.step, f"val_mean_at_{cfg.val_samples}": mean_accuracy(samples),
-                "val_response_length_mean": sum(s.response_tokens for s in samples) / len(samples)}
+        samples = sample_and_score(
+            self.backend,
+            self.val_problems,
+            n=cfg.val_samples,
+            temperature=cfg.val_temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_response_length,
+            seed=step_seed(cfg.seed, 10**6),
+        )
+        return {
+            "kind": "val",
+            "step": self.step,
+            f"val_mean_at_{cfg.val_samples}": mean_accuracy(samples),
+            "val_response_length_mean": sum(s.response_tokens for s in samples) / len(samples),
+        }
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -243,7 +291,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.maybe_resume()
         (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.method} seed {self.cfg.seed}", unit="step")
+        bar = tqdm(
+            total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.method} seed {self.cfg.seed}", unit="step"
+        )
         if self.step == 0:
             self.log(self.validate())
         while self.step < self.cfg.steps:

@@ -25,8 +25,8 @@ reference for the tests and the benchmark, not for production use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -54,7 +54,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _softmax_statistics(logits: Tensor, token_ids: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _softmax_statistics(
+    logits: Tensor, token_ids: Tensor, temperature: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """(p_t [c, V], log p(y_t) [c], entropy [c]) of LM-head outputs ``logits`` [c, V] at ``temperature``.
 
     ``temperature`` is a float or a per-token [c, 1] tensor; ``logits`` is already in the compute dtype.
@@ -68,7 +70,12 @@ def _softmax_statistics(logits: Tensor, token_ids: Tensor, temperature: float | 
 
 
 def _accumulate_phi(
-    realised: Tensor, prob_residual: Tensor, probs: Tensor, weights: Tensor, owner: Tensor, token_ids: Tensor,
+    realised: Tensor,
+    prob_residual: Tensor,
+    probs: Tensor,
+    weights: Tensor,
+    owner: Tensor,
+    token_ids: Tensor,
     lm_head_weight: Tensor,
 ) -> None:
     """Add a chunk's sum_t w_t W[y_t] to ``realised`` [S, d] and sum_t w_t p_t to ``prob_residual`` [S, V].
@@ -218,8 +225,15 @@ def sequence_features(
     ):
         logprobs.index_copy_(0, idx, logprob)
         entropy.index_copy_(0, idx, ent)
-        _accumulate_phi(realised, prob_residual, probs, a.index_select(0, idx), batch_of_token.index_select(0, idx), ids,
-                        lm_head_weight)
+        _accumulate_phi(
+            realised,
+            prob_residual,
+            probs,
+            a.index_select(0, idx),
+            batch_of_token.index_select(0, idx),
+            ids,
+            lm_head_weight,
+        )
     phi = realised - prob_residual @ lm_head_weight.to(acc)
     return SequenceFeatures(phi=phi, logprobs=logprobs.view(B, T), entropy=entropy.view(B, T))
 

@@ -7,7 +7,7 @@ turns the LM head's logits into log-probs and entropies. When the micro-batch ca
 1. ``prepare_model_inputs`` arms the capture with the micro-batch.
 2. A forward hook on the LM head receives its raw output z_t (and, inside FSDP's forward, its
    unsharded W). ``response_rows`` maps each response token to its logits row, and
-   ``g2rl_core.features.phi_sums_from_logits`` turns those rows into Phi's per-sequence sums.
+   ``g2rl_core.maths.features.phi_sums_from_logits`` turns those rows into Phi's per-sequence sums.
    Under Ulysses sequence parallelism each rank holds a slice of the packed sequence: it sums
    its own rows and the sums are all-reduced over the SP group (they add up exactly).
 3. ``prepare_model_outputs`` adds Phi [mb, d] to the model outputs under ``PHI_KEY``. verl
@@ -31,8 +31,8 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
-from g2rl_core.features import PhiSums, phi_from_sums, phi_sums_from_logits
-from g2rl_core.integrations.verl.adapter import PHI_FLAG, PHI_KEY
+from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY
+from g2rl_core.maths.features import PhiSums, phi_from_sums, phi_sums_from_logits
 
 #: Response rows per chunk of the Phi pass: peak extra memory ~ 2 x rows x V floats.
 PHI_CHUNK_ROWS = 512
@@ -122,7 +122,9 @@ class PhiCaptureEngine(FSDPEngineWithLMHead):
         model_inputs, output_args = super().prepare_model_inputs(micro_batch)
         if tu.get_non_tensor_data(data=micro_batch, key=PHI_FLAG, default=False):
             if tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False):
-                raise ValueError("G2RL's Phi needs the LM head's logits; set actor_rollout_ref.model.use_fused_kernels=false")
+                raise ValueError(
+                    "G2RL's Phi needs the LM head's logits; set actor_rollout_ref.model.use_fused_kernels=false"
+                )
             if self._phi_hook is None:
                 self._phi_hook = self._lm_head().register_forward_hook(self._capture_phi)
             self._phi_batch, self._phi_sums = micro_batch, None
@@ -136,13 +138,25 @@ class PhiCaptureEngine(FSDPEngineWithLMHead):
         logits = _full(output)
         remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
         sp_rank = torch.distributed.get_rank(self.ulysses_parallel_group) if self.use_ulysses_sp else 0
-        layout = response_rows(micro_batch["input_ids"], micro_batch["response_mask"], micro_batch["temperature"],
-                               logits_shape=tuple(logits.shape), remove_padding=remove_padding, sp_rank=sp_rank)
+        layout = response_rows(
+            micro_batch["input_ids"],
+            micro_batch["response_mask"],
+            micro_batch["temperature"],
+            logits_shape=tuple(logits.shape),
+            remove_padding=remove_padding,
+            sp_rank=sp_rank,
+        )
         # verl's forward runs under bf16 autocast; Phi's softmax and products stay in float32.
         with torch.autocast(device_type=logits.device.type, enabled=False):
             self._phi_sums = phi_sums_from_logits(
-                logits, layout["rows"], layout["token_ids"], layout["weights"], layout["segment_ids"],
-                micro_batch["input_ids"].shape[0], _full(head.weight), temperature=layout["temperature"],
+                logits,
+                layout["rows"],
+                layout["token_ids"],
+                layout["weights"],
+                layout["segment_ids"],
+                micro_batch["input_ids"].shape[0],
+                _full(head.weight),
+                temperature=layout["temperature"],
                 chunk_size=PHI_CHUNK_ROWS,
             )
 

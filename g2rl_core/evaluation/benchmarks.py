@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from g2rl_core.verifier import CHOICE_LETTERS, last_boxed
+from g2rl_core.evaluation.verifier import CHOICE_LETTERS, last_boxed
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -129,32 +129,71 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in [
         BenchmarkSpec(
-            "math500", "math", "math500.jsonl", "HuggingFaceH4/MATH-500", "test",
+            "math500",
+            "math",
+            "math500.jsonl",
+            "HuggingFaceH4/MATH-500",
+            "test",
             to_local=lambda r, _: {"id": r["unique_id"], "problem": r["problem"], "answer": r["answer"]},
         ),
         BenchmarkSpec(
-            "aime24", "math", "aime24.jsonl", "HuggingFaceH4/aime_2024", "train",
+            "aime24",
+            "math",
+            "aime24.jsonl",
+            "HuggingFaceH4/aime_2024",
+            "train",
             to_local=lambda r, _: {"id": str(r["id"]), "problem": r["problem"], "answer": str(int(r["answer"]))},
         ),
         BenchmarkSpec(
-            "aime25", "math", "aime25.jsonl", "math-ai/aime25", "test",
+            "aime25",
+            "math",
+            "aime25.jsonl",
+            "math-ai/aime25",
+            "test",
             to_local=lambda r, _: {"id": str(r["id"]), "problem": r["problem"], "answer": str(int(float(r["answer"])))},
         ),
         BenchmarkSpec(
-            "amc23", "math", "amc23.jsonl", "math-ai/amc23", "test",
-            to_local=lambda r, _: {"id": str(r["id"]), "problem": r["question"], "answer": str(int(float(r["answer"])))},
+            "amc23",
+            "math",
+            "amc23.jsonl",
+            "math-ai/amc23",
+            "test",
+            to_local=lambda r, _: {
+                "id": str(r["id"]),
+                "problem": r["question"],
+                "answer": str(int(float(r["answer"]))),
+            },
         ),
         BenchmarkSpec(
-            "math_train", "math", "math_train.jsonl", "DigitalLearningGmbH/MATH-lighteval", "train",
+            "math_train",
+            "math",
+            "math_train.jsonl",
+            "DigitalLearningGmbH/MATH-lighteval",
+            "train",
             # no id on the hub: the loader numbers the rows
-            to_local=lambda r, _: {"problem": r["problem"], "answer": last_boxed(r["solution"]) or "",
-                                   "level": r["level"], "type": r["type"]},
+            to_local=lambda r, _: {
+                "problem": r["problem"],
+                "answer": last_boxed(r["solution"]) or "",
+                "level": r["level"],
+                "type": r["type"],
+            },
         ),
-        BenchmarkSpec("gpqa_diamond", "choice", "gpqa_diamond.jsonl", "Idavidrein/gpqa", "train", "gpqa_diamond", _gpqa_row),
         BenchmarkSpec(
-            "mmlu_pro", "choice", "mmlu_pro.jsonl", "TIGER-Lab/MMLU-Pro", "test",
-            to_local=lambda r, _: {"id": str(r["question_id"]), "question": r["question"], "options": r["options"],
-                                   "answer": r["answer"], "category": r["category"]},
+            "gpqa_diamond", "choice", "gpqa_diamond.jsonl", "Idavidrein/gpqa", "train", "gpqa_diamond", _gpqa_row
+        ),
+        BenchmarkSpec(
+            "mmlu_pro",
+            "choice",
+            "mmlu_pro.jsonl",
+            "TIGER-Lab/MMLU-Pro",
+            "test",
+            to_local=lambda r, _: {
+                "id": str(r["question_id"]),
+                "question": r["question"],
+                "options": r["options"],
+                "answer": r["answer"],
+                "category": r["category"],
+            },
         ),
     ]
 }
@@ -209,11 +248,14 @@ def load_benchmark(
     return Benchmark(name, problems, f"hub:{spec.hub_id}@{commit}")
 
 
-
-def load_problems(source: str, kind: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
+def load_problems(
+    source: str, kind: str, data_dir: str | Path | None = None, limit: int | None = None
+) -> list[Problem]:
     """Problems from a benchmark name in ``BENCHMARKS`` (hub, or ``data_dir``) or a JSONL path."""
     if source in BENCHMARKS:
         return load_benchmark(source, data_dir=data_dir, limit=limit).problems
     if not source.endswith(".jsonl"):
-        raise ValueError(f"data source {source!r} is neither a known benchmark ({', '.join(BENCHMARKS)}) nor a .jsonl path")
+        raise ValueError(
+            f"data source {source!r} is neither a known benchmark ({', '.join(BENCHMARKS)}) nor a .jsonl path"
+        )
     return load_jsonl(source, kind, limit=limit).problems

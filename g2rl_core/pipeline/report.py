@@ -17,27 +17,73 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from g2rl_core.evaluation import per_problem_metrics  # noqa: E402
-from g2rl_core.metrics import bootstrap_ci  # noqa: E402
+from g2rl_core.evaluation.metrics import bootstrap_ci  # noqa: E402
+from g2rl_core.evaluation.runner import per_problem_metrics  # noqa: E402
 
 METHOD_LABELS = {"base": "Base model", "grpo": "GRPO", "entropy": "Entropy Bonus", "evol": "EVOL-RL", "g2rl": "G2RL"}
 METHOD_COLORS = {"base": "#7f7f7f", "grpo": "#1f77b4", "entropy": "#ff7f0e", "evol": "#2ca02c", "g2rl": "#d62728"}
-BENCHMARK_LABELS = {"math500": "MATH500", "amc23": "AMC", "aime24": "AIME24", "aime25": "AIME25",
-                    "gpqa_diamond": "GPQA", "mmlu_pro": "MMLU-Pro"}
+BENCHMARK_LABELS = {
+    "math500": "MATH500",
+    "amc23": "AMC",
+    "aime24": "AIME24",
+    "aime25": "AIME25",
+    "gpqa_diamond": "GPQA",
+    "mmlu_pro": "MMLU-Pro",
+}
 
 # Section 8 of the spec: Table 1, pass@1 / maj@16 / pass@16 (percent).
 PAPER_TABLE1 = {
     "Qwen3-1.7B-Base": {
-        "grpo": {"math500": (63.5, 73.2, 86.6), "amc23": (31.2, 42.0, 68.1), "aime24": (7.5, 14.8, 24.4), "aime25": (4.6, 6.8, 22.2)},
-        "entropy": {"math500": (64.3, 74.1, 86.7), "amc23": (32.2, 42.3, 65.7), "aime24": (9.6, 17.2, 23.3), "aime25": (4.6, 6.9, 24.5)},
-        "evol": {"math500": (64.3, 73.7, 86.9), "amc23": (32.2, 43.9, 66.2), "aime24": (8.4, 15.8, 27.3), "aime25": (5.3, 7.9, 21.6)},
-        "g2rl": {"math500": (66.2, 76.8, 88.7), "amc23": (33.9, 44.8, 68.5), "aime24": (10.1, 17.4, 28.0), "aime25": (7.5, 11.4, 24.8)},
+        "grpo": {
+            "math500": (63.5, 73.2, 86.6),
+            "amc23": (31.2, 42.0, 68.1),
+            "aime24": (7.5, 14.8, 24.4),
+            "aime25": (4.6, 6.8, 22.2),
+        },
+        "entropy": {
+            "math500": (64.3, 74.1, 86.7),
+            "amc23": (32.2, 42.3, 65.7),
+            "aime24": (9.6, 17.2, 23.3),
+            "aime25": (4.6, 6.9, 24.5),
+        },
+        "evol": {
+            "math500": (64.3, 73.7, 86.9),
+            "amc23": (32.2, 43.9, 66.2),
+            "aime24": (8.4, 15.8, 27.3),
+            "aime25": (5.3, 7.9, 21.6),
+        },
+        "g2rl": {
+            "math500": (66.2, 76.8, 88.7),
+            "amc23": (33.9, 44.8, 68.5),
+            "aime24": (10.1, 17.4, 28.0),
+            "aime25": (7.5, 11.4, 24.8),
+        },
     },
     "Qwen3-4B-Base": {
-        "grpo": {"math500": (76.9, 81.6, 90.8), "amc23": (47.9, 56.2, 75.1), "aime24": (12.4, 18.2, 31.1), "aime25": (10.0, 16.2, 32.5)},
-        "entropy": {"math500": (79.0, 87.2, 93.2), "amc23": (50.5, 63.7, 79.5), "aime24": (17.8, 25.4, 40.0), "aime25": (16.1, 24.4, 41.5)},
-        "evol": {"math500": (80.0, 87.7, 93.5), "amc23": (50.9, 62.0, 81.9), "aime24": (19.4, 28.2, 42.4), "aime25": (17.5, 23.9, 39.8)},
-        "g2rl": {"math500": (80.8, 87.8, 93.6), "amc23": (52.3, 63.8, 82.0), "aime24": (19.9, 28.7, 43.8), "aime25": (20.1, 29.0, 45.0)},
+        "grpo": {
+            "math500": (76.9, 81.6, 90.8),
+            "amc23": (47.9, 56.2, 75.1),
+            "aime24": (12.4, 18.2, 31.1),
+            "aime25": (10.0, 16.2, 32.5),
+        },
+        "entropy": {
+            "math500": (79.0, 87.2, 93.2),
+            "amc23": (50.5, 63.7, 79.5),
+            "aime24": (17.8, 25.4, 40.0),
+            "aime25": (16.1, 24.4, 41.5),
+        },
+        "evol": {
+            "math500": (80.0, 87.7, 93.5),
+            "amc23": (50.9, 62.0, 81.9),
+            "aime24": (19.4, 28.2, 42.4),
+            "aime25": (17.5, 23.9, 39.8),
+        },
+        "g2rl": {
+            "math500": (80.8, 87.8, 93.6),
+            "amc23": (52.3, 63.8, 82.0),
+            "aime24": (19.9, 28.7, 43.8),
+            "aime25": (20.1, 29.0, 45.0),
+        },
     },
 }
 # Table 2 (Qwen3-4B-Base): GPQA pass@1 / maj@16 / pass@16 / pass@32, MMLU-Pro micro-average.
@@ -58,8 +104,18 @@ PAPER_MODEL_FOR_PROFILE = {"tiny": "Qwen3-1.7B-Base", "paper-1.7b": "Qwen3-1.7B-
 
 def style() -> None:
     """One consistent figure style for every notebook."""
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
-                         "axes.spines.top": False, "axes.spines.right": False, "font.size": 10, "legend.frameon": False})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "font.size": 10,
+            "legend.frameon": False,
+        }
+    )
 
 
 # --- loading pipeline outputs ----------------------------------------------------------------------
@@ -67,8 +123,10 @@ def style() -> None:
 
 def load_samples(eval_dir: str | Path) -> pd.DataFrame:
     """Every samples_<benchmark>.csv under ``eval_dir`` (base/ and <method>/seed<k>/), concatenated."""
-    frames = [pd.read_csv(path, dtype={"problem_id": str, "extracted": str}, keep_default_na=False, na_values=[""])
-              for path in sorted(Path(eval_dir).rglob("samples_*.csv"))]
+    frames = [
+        pd.read_csv(path, dtype={"problem_id": str, "extracted": str}, keep_default_na=False, na_values=[""])
+        for path in sorted(Path(eval_dir).rglob("samples_*.csv"))
+    ]
     if not frames:
         raise FileNotFoundError(f"no samples_*.csv under {eval_dir}; run the eval stages first (dvc repro eval)")
     return pd.concat(frames, ignore_index=True)
@@ -108,8 +166,18 @@ def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: 
             if not values:
                 continue
             mean, low, high = bootstrap_ci(values, n_resamples=n_resamples)
-            rows.append({"method": method, "benchmark": benchmark, "metric": metric, "value": 100 * mean,
-                         "ci_low": 100 * low, "ci_high": 100 * high, "seeds": len(per_seed), "problems": len(values)})
+            rows.append(
+                {
+                    "method": method,
+                    "benchmark": benchmark,
+                    "metric": metric,
+                    "value": 100 * mean,
+                    "ci_low": 100 * low,
+                    "ci_high": 100 * high,
+                    "seeds": len(per_seed),
+                    "problems": len(values),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -139,12 +207,16 @@ def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: in
                 label = f"{BENCHMARK_LABELS.get(bench, bench)} {metric}"
                 row[label] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
             paper_values = paper.get(method, {}).get(bench)
-            row[f"{BENCHMARK_LABELS.get(bench, bench)} paper"] = " / ".join(f"{v:.1f}" for v in paper_values) if paper_values else "n/a"
+            row[f"{BENCHMARK_LABELS.get(bench, bench)} paper"] = (
+                " / ".join(f"{v:.1f}" for v in paper_values) if paper_values else "n/a"
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def table2(samples: pd.DataFrame, choice_benchmark: str, micro_benchmark: str, ks: Sequence[int] = (16, 32)) -> pd.DataFrame:
+def table2(
+    samples: pd.DataFrame, choice_benchmark: str, micro_benchmark: str, ks: Sequence[int] = (16, 32)
+) -> pd.DataFrame:
     """Table 2: pass@1 / maj@16 / pass@16 / pass@32 (``ks``) on the GPQA role and the MMLU-Pro micro-average."""
     metrics = ["pass@1", f"maj@{ks[0]}", *(f"pass@{k}" for k in ks)]
     gpqa = metric_table(samples[samples.benchmark == choice_benchmark], metrics)
@@ -156,7 +228,9 @@ def table2(samples: pd.DataFrame, choice_benchmark: str, micro_benchmark: str, k
             hit = gpqa[(gpqa.method == method) & (gpqa.metric == metric)]
             row[f"GPQA {metric}"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
         hit = mmlu[mmlu.method == method]
-        row["MMLU-Pro pass@1 (micro)"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
+        row["MMLU-Pro pass@1 (micro)"] = (
+            format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
+        )
         gp, mm = PAPER_TABLE2.get(method, (None, None))
         row["paper GPQA"] = " / ".join(f"{v:.1f}" for v in gp) if gp else "n/a"
         row["paper MMLU-Pro"] = f"{mm:.2f}" if mm else "n/a"
@@ -176,7 +250,9 @@ def band_plot(ax, frame: pd.DataFrame, x: str, y: str, methods: Sequence[str]) -
         stats = sub.groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
         color = METHOD_COLORS.get(method)
         ax.plot(stats.index, stats["mean"], color=color, label=METHOD_LABELS.get(method, method))
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.15)
+        ax.fill_between(
+            stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.15
+        )
 
 
 def figure2(logs: pd.DataFrame, methods: Sequence[str], val_key: str, smooth: int = 5):
@@ -186,12 +262,17 @@ def figure2(logs: pd.DataFrame, methods: Sequence[str], val_key: str, smooth: in
     val = logs[logs.kind == "val"]
     train = logs[logs.kind == "train"].copy()
     for column in ["response_length_mean", "entropy_mean"]:  # a centred rolling mean per run
-        train[column] = train.groupby(["method", "seed"])[column].transform(lambda s: s.rolling(smooth, min_periods=1, center=True).mean())
+        train[column] = train.groupby(["method", "seed"])[column].transform(
+            lambda s: s.rolling(smooth, min_periods=1, center=True).mean()
+        )
     band_plot(axes[0], val, "step", val_key, methods)
     band_plot(axes[1], train, "step", "response_length_mean", methods)
     band_plot(axes[2], train, "step", "entropy_mean", methods)
-    axes[0].set(xlabel="training step", ylabel=f"validation {val_key.replace('val_mean_at_', 'mean@')} accuracy",
-                title="Validation accuracy")
+    axes[0].set(
+        xlabel="training step",
+        ylabel=f"validation {val_key.replace('val_mean_at_', 'mean@')} accuracy",
+        title="Validation accuracy",
+    )
     axes[1].set(xlabel="training step", ylabel="mean response length (tokens)", title="Response length")
     axes[2].set(xlabel="training step", ylabel="policy entropy (nats / token)", title="Entropy")
     axes[0].legend(loc="best")
@@ -204,7 +285,10 @@ def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
     style()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     present = [m for m in methods if m in set(pairs.method)]
-    for ax, column, title in [(axes[0], "phi_cos", "Gradient-feature (Phi) cosine"), (axes[1], "semantic_cos", "Semantic cosine")]:
+    for ax, column, title in [
+        (axes[0], "phi_cos", "Gradient-feature (Phi) cosine"),
+        (axes[1], "semantic_cos", "Semantic cosine"),
+    ]:
         data = [pairs.loc[pairs.method == m, column].to_numpy() for m in present]
         parts = ax.violinplot(data, showmeans=True, showextrema=False)
         for body, m in zip(parts["bodies"], present):
@@ -225,9 +309,15 @@ def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
 
 
 def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Our mean Phi cosine, negative-pair share and semantic cosine per method (mean and range over seeds), beside the paper's."""
-    per_seed = pairs.groupby(["method", "seed"]).agg(phi_cos_mean=("phi_cos", "mean"), semantic_cos_mean=("semantic_cos", "mean"),
-                                                     negative_pair_share=("phi_cos", lambda s: float((s < 0).mean())))
+    """Our mean Phi cosine, negative-pair share and semantic cosine per method (mean and range over seeds).
+
+    Beside the paper's values.
+    """
+    per_seed = pairs.groupby(["method", "seed"]).agg(
+        phi_cos_mean=("phi_cos", "mean"),
+        semantic_cos_mean=("semantic_cos", "mean"),
+        negative_pair_share=("phi_cos", lambda s: float((s < 0).mean())),
+    )
     rows = []
     for method in [m for m in methods if m in per_seed.index.get_level_values(0)]:
         sub = per_seed.loc[method]
@@ -235,9 +325,15 @@ def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
         for column in ["phi_cos_mean", "negative_pair_share", "semantic_cos_mean"]:
             scale = 100 if column == "negative_pair_share" else 1
             vals = sub[column] * scale
-            row[column] = f"{vals.mean():.3f} [{vals.min():.3f}, {vals.max():.3f}]" if scale == 1 else f"{vals.mean():.2f}% [{vals.min():.2f}, {vals.max():.2f}]"
+            row[column] = (
+                f"{vals.mean():.3f} [{vals.min():.3f}, {vals.max():.3f}]"
+                if scale == 1
+                else f"{vals.mean():.2f}% [{vals.min():.2f}, {vals.max():.2f}]"
+            )
             paper = PAPER_FIG3[column].get(method)
-            row[f"paper {column}"] = "n/a" if paper is None else (f"{paper:.3f}" if scale == 1 else f"{100 * paper:.2f}%")
+            row[f"paper {column}"] = (
+                "n/a" if paper is None else (f"{paper:.3f}" if scale == 1 else f"{100 * paper:.2f}%")
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -246,17 +342,21 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
     """results/README.md: the profile's tables inline and its figures embedded, from the notebooks' outputs."""
     root = Path(results_root)
     folder = root / profile
-    parts = [f"# Results: `{profile}` profile\n",
-             "Generated by `dvc repro` (stage `results_index`) from the notebooks' outputs in "
-             f"[`{profile}/`]({profile}/); executed notebooks are in [`{profile}/notebooks/`]({profile}/notebooks/). "
-             "Brackets are 95% bootstrap confidence intervals over problems (seeds averaged per problem); "
-             "the paper's numbers sit beside ours. On the tiny profile, synthetic splits play the benchmarks "
-             "(see the repository README), so compare the ordering of methods, not the values.\n"]
-    sections = [("Table 1: main results", "table1_main_results.md", None),
-                ("Figure 2: training dynamics", None, "fig2_training_dynamics.png"),
-                ("Figure 3: geometry", "fig3_geometry.md", "fig3_geometry.png"),
-                ("Table 2: general reasoning", "table2_general_reasoning.md", None),
-                ("Ablation: eq. 12 readings and lambda", "ablation_shaping.md", "ablation_shaping.png")]
+    parts = [
+        f"# Results: `{profile}` profile\n",
+        "Generated by `dvc repro` (stage `results_index`) from the notebooks' outputs in "
+        f"[`{profile}/`]({profile}/); executed notebooks are in [`{profile}/notebooks/`]({profile}/notebooks/). "
+        "Brackets are 95% bootstrap confidence intervals over problems (seeds averaged per problem); "
+        "the paper's numbers sit beside ours. On the tiny profile, synthetic splits play the benchmarks "
+        "(see the repository README), so compare the ordering of methods, not the values.\n",
+    ]
+    sections = [
+        ("Table 1: main results", "table1_main_results.md", None),
+        ("Figure 2: training dynamics", None, "fig2_training_dynamics.png"),
+        ("Figure 3: geometry", "fig3_geometry.md", "fig3_geometry.png"),
+        ("Table 2: general reasoning", "table2_general_reasoning.md", None),
+        ("Ablation: eq. 12 readings and lambda", "ablation_shaping.md", "ablation_shaping.png"),
+    ]
     for title, table, figure in sections:
         parts.append(f"## {title}\n")
         if table:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from g2rl_core.config import ConfigError
-from g2rl_core.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS, exploration_scores, shape_rewards
+from g2rl_core.maths.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS, exploration_scores, shape_rewards
 
 #: Batch field holding Phi [B, d] per response, next to verl's ``log_probs`` and ``entropy``.
 PHI_KEY = "g2rl_phi"
@@ -65,7 +65,9 @@ def shape_outcome_scores(
     phi = phi.float()
     uid = np.asarray(uid)
     if len(uid) != len(rewards) or phi.shape[0] != len(rewards):
-        raise ValueError(f"uid ({len(uid)}), phi ({phi.shape[0]}) and scores ({len(rewards)}) disagree on the batch size")
+        raise ValueError(
+            f"uid ({len(uid)}), phi ({phi.shape[0]}) and scores ({len(rewards)}) disagree on the batch size"
+        )
     shaped = rewards.clone()
     nu_all = torch.zeros_like(rewards)
     for group in np.unique(uid):
@@ -76,6 +78,9 @@ def shape_outcome_scores(
         nu_all[idx] = nu[0]
     out = torch.zeros_like(token_scores, dtype=torch.float32)
     out[torch.arange(len(shaped)), last_token_index(response_mask)] = shaped
-    metrics = {"g2rl/nu_mean": nu_all.mean().item(), "g2rl/shaped_reward_mean": shaped.mean().item(),
-               "g2rl/verifier_reward_mean": rewards.mean().item()}
+    metrics = {
+        "g2rl/nu_mean": nu_all.mean().item(),
+        "g2rl/shaped_reward_mean": shaped.mean().item(),
+        "g2rl/verifier_reward_mean": rewards.mean().item(),
+    }
     return out, metrics

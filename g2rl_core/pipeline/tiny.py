@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from g2rl_core.benchmarks import INSTRUCTION, choice_prompt, math_prompt
-from g2rl_core.verifier import CHOICE_LETTERS
+from g2rl_core.evaluation.benchmarks import INSTRUCTION, choice_prompt, math_prompt
+from g2rl_core.evaluation.verifier import CHOICE_LETTERS
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 WORDS = [INSTRUCTION, "Compute", "Which equals", "\\boxed{"]
@@ -221,7 +221,9 @@ def sft(model, tokenizer, train_rows: list[dict], choice_rows: list[dict], cfg: 
         pairs = [demonstration(rng.choice(pool), rng, cfg.demo_error_rate) for _ in range(cfg.batch_size)]
         ids, labels = _sft_batch(tokenizer, pairs)
         logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

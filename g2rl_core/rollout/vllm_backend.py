@@ -19,13 +19,22 @@ import os
 
 import torch
 
-from g2rl_core.config import ConfigError
-from g2rl_core.rollout import RolloutBatch, encode_prompts, eos_token_ids, right_pad, truncate_at_eos
+from g2rl_core.errors import ConfigError
+from g2rl_core.rollout.batch import RolloutBatch, encode_prompts, eos_token_ids, right_pad, truncate_at_eos
 
 
 class VLLMRollout:
-    def __init__(self, model_path: str, tokenizer, *, chat_template: bool = False, seed: int = 0,
-                 dtype: str = "float32", max_model_len: int | None = None, gpu_memory_utilization: float = 0.5):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        *,
+        chat_template: bool = False,
+        seed: int = 0,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.5,
+    ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, CPU back-end only
         try:
@@ -37,9 +46,16 @@ class VLLMRollout:
             ) from err
 
         self.tokenizer, self.chat_template = tokenizer, chat_template
-        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=True,
-                       logprobs_mode="processed_logprobs", max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization)
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            seed=seed,
+            enforce_eager=True,
+            logprobs_mode="processed_logprobs",
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
         self.eos = eos_token_ids(tokenizer, self.llm.llm_engine.model_config.hf_config)
 
     def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed) -> RolloutBatch:
@@ -47,8 +63,18 @@ class VLLMRollout:
 
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, self.chat_template)
         requests = [{"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(prompt_ids, prompt_mask)]
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed + i,
-                                 logprobs=0, stop_token_ids=sorted(self.eos)) for i in range(len(prompts))]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_new_tokens,
+                seed=seed + i,
+                logprobs=0,
+                stop_token_ids=sorted(self.eos),
+            )
+            for i in range(len(prompts))
+        ]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         responses, logprobs = [], []
         for out in outputs:
@@ -59,8 +85,14 @@ class VLLMRollout:
         response_ids, response_mask = right_pad(responses, self.tokenizer.pad_token_id)
         reported = right_pad(logprobs, 0.0, torch.float32)[0]
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return RolloutBatch(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0), response_ids,
-                            response_mask, texts, reported)
+        return RolloutBatch(
+            prompt_ids.repeat_interleave(n, 0),
+            prompt_mask.repeat_interleave(n, 0),
+            response_ids,
+            response_mask,
+            texts,
+            reported,
+        )
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:

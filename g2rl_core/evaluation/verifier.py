@@ -23,9 +23,10 @@ import multiprocessing
 import re
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 AnswerKind = Literal["math", "choice"]
 ANSWER_KINDS: tuple[str, ...] = ("math", "choice")
@@ -165,7 +166,9 @@ def _helper_pool() -> concurrent.futures.ProcessPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
             # Start-up (spawning, importing SymPy) must not count against a check's time bound.
             _pool.submit(_verdict, "\\boxed{1}", "1", "math").result()
         return _pool

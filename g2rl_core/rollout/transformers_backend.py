@@ -1,0 +1,67 @@
+"""Rollouts with Hugging Face ``model.generate``: samples from the trained model in place."""
+
+from __future__ import annotations
+
+import torch
+
+from g2rl_core.rollout.batch import RolloutBatch, encode_prompts, eos_token_ids, right_pad, truncate_at_eos
+
+
+class TransformersRollout:
+    """Batched sampling with ``model.generate``; samples from the trained model in place."""
+
+    def __init__(
+        self, model, tokenizer, *, chat_template: bool = False, batch_size: int = 256, return_logprobs: bool = False
+    ):
+        """``return_logprobs`` keeps the sampler's [N, R, V] logits to report its log-probs (tests, debugging)."""
+        self.model, self.tokenizer = model, tokenizer
+        self.chat_template, self.batch_size, self.return_logprobs = chat_template, batch_size, return_logprobs
+        self.eos = eos_token_ids(tokenizer, model.config)
+
+    @torch.no_grad()
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed) -> RolloutBatch:
+        expanded = [p for p in prompts for _ in range(n)]
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, expanded, self.chat_template)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        responses: list[list[int]] = []
+        sampler_logprobs: list[list[float]] = []
+        try:
+            for start in range(0, len(expanded), self.batch_size):
+                ids = prompt_ids[start : start + self.batch_size]
+                mask = prompt_mask[start : start + self.batch_size]
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=0,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=sorted(self.eos),
+                    return_dict_in_generate=True,
+                    output_logits=self.return_logprobs,
+                )
+                new_tokens = out.sequences[:, ids.shape[1] :]
+                for row in new_tokens.tolist():
+                    responses.append(truncate_at_eos(row, self.eos))
+                if self.return_logprobs:
+                    logits = torch.stack(out.logits, dim=1).float() / temperature  # [b, R, V]
+                    chosen = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+                    sampler_logprobs.extend(chosen.tolist())
+        finally:
+            torch.random.set_rng_state(generator_state)
+            self.model.train(was_training)
+        response_ids, response_mask = right_pad(responses, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        reported = None
+        if self.return_logprobs:
+            reported = right_pad([lp[: len(r)] for lp, r in zip(sampler_logprobs, responses)], 0.0, torch.float32)[0]
+        return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, texts, reported)
+
+    def sync_weights(self, model) -> None:
+        if model is not self.model:
+            raise ValueError("TransformersRollout samples from the model it was built with; pass that model")
