@@ -1,15 +1,25 @@
-"""Typed, validated run configuration, and the profiles of params.yaml.
+"""Typed, validated configuration, and the profiles of params.yaml.
 
 ``params.yaml`` holds one block per profile (``tiny``, ``paper-1.7b``, ``paper-4b``); the
-top-level ``profile`` key selects the one ``dvc repro`` runs. A profile has ``sft`` (tiny
-only), ``train`` (every ``TrainConfig`` field, the Table 3 values verbatim for the paper
-profiles), ``methods`` (per-method settings) and ``eval``. Every error names the field,
-the bad value and what is allowed.
+top-level ``profile`` key selects the one ``dvc repro`` runs. A profile has
+
+- ``train``:    every ``TrainConfig`` field (Table 3's values for the paper profiles);
+- ``methods``:  per-method settings merged over ``train`` (e.g. ``g2rl: {shaping: {lam: 1.0}}``);
+- ``eval``:     an ``EvalSpec`` (defaults and one entry per benchmark);
+- ``geometry``: a ``GeometrySpec`` (Figure 3's sampling);
+- ``sft``:      an ``SFTConfig`` (tiny only: how the embedded base model is built).
+
+Every setting is declared once, below, with its meaning and default. Every error is a
+``ConfigError`` that names the field, the bad value and what is allowed; an unknown field gets
+a "did you mean". Nested sections (``shaping``, ``rollout``, ``model``) are dataclasses too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,75 +28,229 @@ from typing import Any
 import yaml
 
 from g2rl_core.errors import ConfigError
-from g2rl_core.maths.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS
+from g2rl_core.maths.methods import METHODS
+from g2rl_core.maths.shaping import ShapingConfig
 
-METHOD_NAMES = ("grpo", "entropy", "evol", "g2rl")
 ROLLOUT_BACKENDS = ("transformers", "vllm")
+ANSWER_KINDS = ("math", "choice")
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered exploration methods (``maths.methods.METHODS``), in registry order."""
+    return tuple(METHODS)
+
+
+# --- checking ------------------------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _check_fields(cfg: Any) -> None:
+    """Types of every field (ints are accepted for floats and converted); numbers must be finite."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if not _matches(value, hint):
+            allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            names = " or ".join(_type_name(a) for a in allowed)
+            raise ConfigError(f"{f.name} = {value!r} has type {type(value).__name__}; expected {names}")
+        if float in (hint, *typing.get_args(hint)) and type(value) is int:
+            value = float(value)
+            object.__setattr__(cfg, f.name, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} = {value!r} must be a finite number")
+
+
+def _check_choice(cfg: Any, name: str, allowed: tuple[str, ...]) -> None:
+    if getattr(cfg, name) not in allowed:
+        raise ConfigError(f"{name} = {getattr(cfg, name)!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} = {value!r} must be > 0")
+
+
+def _check_non_negative(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} = {getattr(cfg, name)!r} must be >= 0")
+
+
+def _check_unit_interval(cfg: Any, *names: str) -> None:
+    for name in names:
+        if not 0 < getattr(cfg, name) <= 1:
+            raise ConfigError(f"{name} = {getattr(cfg, name)!r} must be in (0, 1]")
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def from_mapping(cls: type, values: Any, where: str = "config"):
+    """Build config dataclass ``cls`` from a mapping; nested dataclass fields from nested mappings.
+
+    Unknown keys are errors that suggest the closest known field. ``where`` prefixes every
+    message (e.g. "profile 'tiny' train").
+    """
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(values).__name__} {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {sorted(known)}"
+            raise ConfigError(f"{where}: unknown field {key!r}{hint}")
+    hints = typing.get_type_hints(cls)
+    built = {}
+    for key, value in values.items():
+        nested = _dataclass_of(hints[key])
+        built[key] = from_mapping(nested, value, f"{where}: {key}") if nested and isinstance(value, dict) else value
+    try:
+        return cls(**built)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def deep_merge(base: dict[str, Any], *updates: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by each of ``updates`` in turn; nested mappings are merged, not replaced."""
+    out = dict(base)
+    for update in updates:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=1e-6", "shaping.lam=2"]`` -> ``{"lr": 1e-6, "shaping": {"lam": 2}}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} must look like field=value (or section.field=value)")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {pair!r}: the value is not valid YAML") from None
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        *sections, name = key.strip().split(".")
+        target = out
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+    return out
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How responses are sampled; shared by training, evaluation and geometry."""
+
+    backend: str = "transformers"  # "transformers" (model.generate) or "vllm"
+    batch_size: int = 256  # transformers: sequences per generate() call
+    chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_choice(self, "backend", ROLLOUT_BACKENDS)
+        _check_positive(self, "batch_size")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run: model, data, Table 3's optimisation settings, the method, engineering.
+
+    Table 3 names are verl's. Settings the paper does not state are marked in params.yaml.
+    """
+
     # model and data
     model: str = "build/tiny/base"  # path or hub name, loaded with from_pretrained
     train_data: str = "build/tiny/data/train.jsonl"  # a benchmark name or a JSONL path
-    train_kind: str = "math"
-    val_data: str = "build/tiny/data/hard.jsonl"
+    train_kind: str = "math"  # "math" (math-verify) or "choice" (option letter)
+    val_data: str = "build/tiny/data/hard.jsonl"  # validation set of Figure 2 (mean@val_samples)
     val_kind: str = "math"
-    data_dir: str | None = None  # local copies of the named benchmarks (None: the hub)
-    chat_template: bool = False
+    data_dir: str | None = None  # local copies of the named benchmarks (None: the Hugging Face hub)
     # Table 3
-    prompts_per_step: int = 16
-    rollouts_per_prompt: int = 16
-    ppo_mini_batch_size: int = 1  # prompts per optimiser step (verl: x rollouts_per_prompt responses)
-    ppo_micro_batch_size: int = 2  # responses per forward/backward
+    prompts_per_step: int = 16  # verl data.train_batch_size
+    rollouts_per_prompt: int = 16  # m, verl rollout.n
+    ppo_mini_batch_size: int = 1  # prompts per optimiser step (all their responses)
+    ppo_micro_batch_size: int = 2  # responses per forward/backward (gradient accumulation)
     ppo_epochs: int = 1
     lr: float = 5e-7
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    use_kl_loss: bool = True
-    kl_coef: float = 0.001  # low-variance (k3) KL to the frozen reference
-    clip_ratio: float = 0.2
+    lr_warmup_steps: int = 0  # linear warm-up, then constant
+    weight_decay: float = 0.0  # AdamW
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    use_kl_loss: bool = True  # k3 KL to the frozen reference in the loss (eq. 4)
+    kl_coef: float = 0.001
+    clip_ratio: float = 0.2  # PPO epsilon
     loss_agg_mode: str = "token-mean"
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling temperature of training rollouts (and of the log-prob passes)
     val_temperature: float = 0.8
     top_p: float = 1.0
-    max_response_length: int = 8192
-    steps: int = 200
+    max_response_length: int = 8192  # tokens
+    steps: int = 200  # training steps (each: prompts_per_step x rollouts_per_prompt responses)
     seed: int = 0
-    # exploration method
+    # exploration method (see maths.methods.METHODS)
     method: str = "grpo"
-    entropy_coeff: float = 0.0  # used by "entropy"
-    lam: float = 1.0  # g2rl
-    variant: str = "equation"  # g2rl: "equation" | "centered"
-    normalize: str = "minmax"  # g2rl: "minmax" | "none"
-    shaping_clip: float = 3.0  # g2rl: c of section 2.5
-    encoder: str = "all-MiniLM-L6-v2"  # evol: sentence encoder (path or name)
+    entropy_coeff: float = 0.0  # entropy bonus coefficient (methods with uses_entropy_bonus)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)  # G2RL's eq. 10-13 settings
+    encoder: str = "all-MiniLM-L6-v2"  # EVOL-RL's sentence encoder (path or hub name)
     # engineering
-    rollout: str = "transformers"
-    rollout_batch_size: int = 256
-    feature_chunk_size: int | None = 1024
-    val_every: int = 10
-    val_problems: int = 32
-    val_samples: int = 8
-    checkpoint_every: int = 10
-    threads: int | None = None
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    feature_chunk_size: int | None = 1024  # tokens per chunk of the vocabulary pass (None: all at once)
+    val_every: int = 10  # steps between validations
+    val_problems: int = 32  # first N problems of val_data
+    val_samples: int = 8  # samples per validation problem (mean@k)
+    checkpoint_every: int = 10  # steps between checkpoints
+    threads: int | None = None  # torch CPU threads (None: torch's default)
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        choices = {
-            "method": METHOD_NAMES,
-            "rollout": ROLLOUT_BACKENDS,
-            "variant": SHAPING_VARIANTS,
-            "normalize": NU_NORMALIZATIONS,
-            "loss_agg_mode": ("token-mean",),
-            "train_kind": ("math", "choice"),
-            "val_kind": ("math", "choice"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} = {getattr(self, name)!r} is not allowed; choose one of {list(allowed)}")
-        positive = [
+        _check_fields(self)
+        _check_choice(self, "method", method_names())
+        _check_choice(self, "loss_agg_mode", ("token-mean",))
+        _check_choice(self, "train_kind", ANSWER_KINDS)
+        _check_choice(self, "val_kind", ANSWER_KINDS)
+        _check_positive(
+            self,
             "prompts_per_step",
             "rollouts_per_prompt",
             "ppo_mini_batch_size",
@@ -94,7 +258,6 @@ class TrainConfig:
             "ppo_epochs",
             "max_response_length",
             "steps",
-            "rollout_batch_size",
             "val_every",
             "val_problems",
             "val_samples",
@@ -102,114 +265,201 @@ class TrainConfig:
             "temperature",
             "val_temperature",
             "lr",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} = {getattr(self, name)!r} must be > 0")
-        non_negative = ["lr_warmup_steps", "weight_decay", "grad_clip", "kl_coef", "clip_ratio", "entropy_coeff", "lam"]
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} = {getattr(self, name)!r} must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p = {self.top_p!r} must be in (0, 1]")
+            "feature_chunk_size",
+            "threads",
+        )
+        _check_non_negative(
+            self, "lr_warmup_steps", "weight_decay", "grad_clip", "kl_coef", "clip_ratio", "entropy_coeff", "seed"
+        )
+        _check_unit_interval(self, "top_p")
         if self.prompts_per_step % self.ppo_mini_batch_size:
             raise ConfigError(
                 f"ppo_mini_batch_size = {self.ppo_mini_batch_size} must divide "
                 f"prompts_per_step = {self.prompts_per_step}"
             )
-        if self.rollouts_per_prompt < 2 and self.method in ("g2rl", "evol"):
+        if self.rollouts_per_prompt < 2 and METHODS[self.method].needs_groups:
             raise ConfigError(
                 f"rollouts_per_prompt = {self.rollouts_per_prompt}: method {self.method!r} compares "
                 "responses within a group; use >= 2"
             )
 
-
-def _check_types(cfg: Any) -> None:
-    hints = typing.get_type_hints(type(cfg))
-    for f in fields(cfg):
-        value, hint = getattr(cfg, f.name), hints[f.name]
-        allowed = typing.get_args(hint) or (hint,)
-        allowed = tuple(type(None) if a is None else a for a in allowed)
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(cfg, f.name, float(value))
-            continue
-        if isinstance(value, bool) and bool not in allowed:
-            ok = False
-        else:
-            ok = isinstance(value, allowed)
-        if not ok:
-            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
-            raise ConfigError(f"{f.name} = {value!r} has type {type(value).__name__}; expected {names}")
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def from_mapping(cls: type, values: dict[str, Any], where: str = "config"):
-    """Build a config dataclass from a mapping; unknown keys are errors that list the known ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-    try:
-        return cls(**values)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+@dataclass(frozen=True)
+class BenchmarkEval:
+    """How one benchmark is evaluated: the eval defaults with the benchmark's own settings over them."""
+
+    source: str  # a benchmark name (hub) or a JSONL path
+    kind: str = "math"
+    n: int = 16  # samples per problem
+    ks: list[int] = field(default_factory=lambda: [1, 16])  # the k of pass@k and maj@k
+    temperature: float = 0.8
+    top_p: float = 1.0
+    limit: int | None = None  # first N problems (None: all)
+    max_new_tokens: int | None = None  # None: the profile's train.max_response_length
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_choice(self, "kind", ANSWER_KINDS)
+        _check_positive(self, "n", "temperature", "limit", "max_new_tokens")
+        _check_unit_interval(self, "top_p")
+        if not self.ks or any(k < 1 or k > self.n for k in self.ks):
+            raise ConfigError(f"ks = {self.ks!r} must be a non-empty list of k with 1 <= k <= n = {self.n}")
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["lr=1e-6", "method=g2rl"]`` -> typed values (parsed as YAML scalars)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r} must look like field=value")
-        key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        out[key.strip()] = value
-    return out
+@dataclass(frozen=True)
+class EvalSpec:
+    """The ``eval`` section: defaults for every benchmark, and the benchmarks by name."""
+
+    n: int = 16
+    ks: list[int] = field(default_factory=lambda: [1, 16])
+    temperature: float = 0.8
+    top_p: float = 1.0
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> BenchmarkEval fields
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        for name in self.benchmarks:
+            self.benchmark(name)  # every entry is checked when the profile loads
+
+    def benchmark(self, name: str, **overrides: Any) -> BenchmarkEval:
+        """The settings of benchmark ``name`` (``overrides`` win, e.g. ``n`` from the command line)."""
+        if name not in self.benchmarks:
+            raise ConfigError(f"eval.benchmarks has no {name!r}; defined: {sorted(self.benchmarks)}")
+        defaults = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "benchmarks"}
+        return from_mapping(
+            BenchmarkEval, {**defaults, **self.benchmarks[name], **overrides}, f"eval.benchmarks.{name}"
+        )
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    """The ``geometry`` section: how Figure 3's groups are sampled from each trained policy."""
+
+    source: str  # the split or benchmark to sample
+    kind: str = "math"
+    problems: int = 30
+    samples: int = 8  # responses per problem (one group)
+    temperature: float = 0.8
+    top_p: float = 1.0
+    encoder: str = "all-MiniLM-L6-v2"  # sentence encoder of the semantic cosines
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_choice(self, "kind", ANSWER_KINDS)
+        _check_positive(self, "problems", "samples", "temperature")
+        _check_unit_interval(self, "top_p")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """The embedded Qwen3's shape (``g2rl sft``)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_positive(self, *(f.name for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """The ``sft`` section (tiny profile): the supervised warm start of the embedded base model."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    demo_error_rate: float = 0.15  # share of demonstrations with a wrong partial sum
+    choice_fraction: float = 0.15  # share of batches of multiple-choice demonstrations
+    seed: int = 0  # model initialisation and batches
+    task_seed: int = 0  # the synthetic task's problems
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_positive(self, "steps", "batch_size", "lr")
+        _check_non_negative(self, "warmup_steps", "seed", "task_seed")
+        for name in ("demo_error_rate", "choice_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} = {getattr(self, name)!r} must be in [0, 1]")
+
+
+# --- profiles ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Profile:
+    """One profile of params.yaml, every section typed and checked when it loads."""
+
     name: str
-    train: dict[str, Any]
-    methods: dict[str, dict[str, Any]]
-    sft: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
-    geometry: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any]  # TrainConfig fields shared by every method
+    methods: dict[str, dict[str, Any]]  # per-method TrainConfig fields
+    eval: EvalSpec | None = None
+    geometry: GeometrySpec | None = None
+    sft: SFTConfig | None = None
 
     def train_config(self, method: str, seed: int, **overrides: Any) -> TrainConfig:
-        if method not in METHOD_NAMES:
-            raise ConfigError(f"method = {method!r} is not allowed; choose one of {list(METHOD_NAMES)}")
-        values = {**self.train, **self.methods.get(method, {}), "method": method, "seed": seed, **overrides}
+        """The run's config: ``train``, then ``methods[method]``, then ``overrides`` (nested merges)."""
+        if method not in METHODS:
+            raise ConfigError(f"method = {method!r} is not allowed; choose one of {list(method_names())}")
+        values = deep_merge(self.train, self.methods.get(method) or {}, {"method": method, "seed": seed}, overrides)
         return from_mapping(TrainConfig, values, f"profile {self.name!r}")
+
+    def require(self, section: str):
+        value = getattr(self, section)
+        if value is None:
+            raise ConfigError(f"profile {self.name!r} has no {section!r} section in params.yaml")
+        return value
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no parameter file at {path}; run from the repository root or pass --params PATH")
-    with path.open() as fh:
-        params = yaml.safe_load(fh)
-    if not isinstance(params, dict) or "profiles" not in params:
-        raise ConfigError(f"{path}: expected a mapping with a 'profiles' key")
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(params, dict) or not isinstance(params.get("profiles"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'profiles' mapping")
     return params
 
 
 def load_profile(name: str | None = None, params_path: str | Path = "params.yaml") -> Profile:
-    """The named profile (default: params.yaml's ``profile``)."""
+    """The named profile (default: params.yaml's ``profile``), with every section checked."""
     params = load_params(params_path)
     name = name or params.get("profile")
     profiles = params["profiles"]
     if name not in profiles:
         raise ConfigError(f"{params_path}: profile = {name!r} is not defined; defined profiles: {sorted(profiles)}")
-    block = dict(profiles[name])
-    allowed = {f.name for f in dataclasses.fields(Profile)} - {"name"}
-    unknown = sorted(set(block) - allowed)
+    block = profiles[name]
+    if not isinstance(block, dict):
+        raise ConfigError(f"{params_path}: profile {name!r} must be a mapping of sections")
+    where = f"{params_path}: profile {name!r}"
+    sections = {"train": None, "methods": None, "eval": EvalSpec, "geometry": GeometrySpec, "sft": SFTConfig}
+    for key in block:
+        if key not in sections:
+            raise ConfigError(f"{where} has unknown section {key!r}; allowed: {sorted(sections)}")
+    typed = {
+        key: from_mapping(cls, block[key], f"{where} {key}") for key, cls in sections.items() if cls and key in block
+    }
+    methods = block.get("methods") or {}
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise ConfigError(
-            f"{params_path}: profile {name!r} has unknown section(s) {unknown}; allowed: {sorted(allowed)}"
-        )
-    return Profile(name=name, **block)
+        raise ConfigError(f"{where} methods: unknown method(s) {unknown}; registered: {list(method_names())}")
+    profile = Profile(name=name, train=block.get("train") or {}, methods=methods, **typed)
+    for method in methods:  # every method's config is checked now, before any expensive work
+        profile.train_config(method, 0)
+    return profile

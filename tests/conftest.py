@@ -92,7 +92,7 @@ def tiny_base(tmp_path_factory):
                 "methods": {
                     "grpo": {},
                     "entropy": {"entropy_coeff": 0.01},
-                    "g2rl": {"lam": 1.0, "variant": "equation"},
+                    "g2rl": {"shaping": {"lam": 1.0, "variant": "equation"}},
                 },
                 "eval": {
                     "n": 4,

@@ -7,7 +7,7 @@ import torch
 
 from g2rl_core.config import TrainConfig
 from g2rl_core.maths.methods import METHODS, GroupBatch, evol_rewards
-from g2rl_core.maths.shaping import grpo_advantages
+from g2rl_core.maths.shaping import ShapingConfig, grpo_advantages
 from g2rl_core.text import text_after_think
 
 
@@ -34,7 +34,7 @@ def test_grpo_and_entropy_use_eq2_on_verifier_rewards(group):
 
 
 def test_g2rl_hand_checked(group):
-    cfg = TrainConfig(method="g2rl", lam=1.0, variant="equation", normalize="minmax", shaping_clip=3.0)
+    cfg = TrainConfig(method="g2rl", shaping=ShapingConfig(lam=1.0, variant="equation", normalize="minmax", clip=3.0))
     e, ei = math.e, 1 / math.e
     # S^2 with the others: 0: [1, 0, 1/2], 1: [1, 0, 1/2], 2: [0, 0, 1/2], 3: [1/2, 1/2, 1/2]
     w_pos = lambda rj, denom: math.exp(rj) / denom  # noqa: E731
@@ -54,7 +54,7 @@ def test_g2rl_hand_checked(group):
 
 
 def test_g2rl_lam_zero_is_grpo(group):
-    cfg = TrainConfig(method="g2rl", lam=0.0)
+    cfg = TrainConfig(method="g2rl", shaping=ShapingConfig(lam=0.0))
     assert torch.equal(METHODS["g2rl"].advantages(group, cfg), grpo_advantages(group.rewards))
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from g2rl_core.pipeline import cli
 from g2rl_core.config import load_profile
 from g2rl_core.engines.native import Trainer
+from g2rl_core.pipeline import cli
 
 NOTEBOOK_OUTPUTS = {
     "table1_main_results": ["table1_main_results.csv", "table1_main_results.md"],
@@ -43,7 +43,7 @@ def smoke_pipeline(tiny_base, tmp_path_factory):
             == 0
         )
     Trainer(
-        profile.train_config("g2rl", 0, steps=2, val_every=1, variant="centered", lam=1.0),
+        profile.train_config("g2rl", 0, steps=2, val_every=1, shaping={"variant": "centered", "lam": 1.0}),
         root / "ablation" / "centered-lam1.0",
     ).train()
     assert cli.main(["--params", str(params), "eval", "--out", str(root / "eval" / "base"), "--limit", "3"]) == 0

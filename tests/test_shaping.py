@@ -4,10 +4,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from g2rl_core.errors import ConfigError
 from g2rl_core.maths.shaping import (
+    ShapingConfig,
     exploration_scores,
     grpo_advantages,
     normalize_scores,
@@ -57,10 +59,21 @@ def test_shape_rewards_hand_checked():
     torch.testing.assert_close(cen, torch.tensor([[0.0, 1.0, 0.0, -2.0]]))
     # The prose reading: the most novel incorrect response is penalised more, not less.
     assert cen[0, 3] < -1 < eq[0, 3]
-    # Clipping binds for large lam.
-    torch.testing.assert_close(
-        shape_rewards(r, nu, lam=5.0, variant="centered"), torch.tensor([[-3.0, 1.0, 3.0, -3.0]])
-    )
+    # Clipping binds for large lam: r + 5 nubar = [1, 3.5, -1, 4] -> clip at 3.
+    torch.testing.assert_close(shape_rewards(r, nu, lam=5.0, variant="equation"), torch.tensor([[1.0, 3.0, -1.0, 3.0]]))
+
+
+def test_centered_refuses_lam_above_one():
+    """At lam = 2 the centered factor 1 + 2 (2 nubar - 1) is -1 for the most redundant response (nubar = 0):
+    a redundant correct answer would get -1 and a redundant wrong one +1, against the prose it implements."""
+    r = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    nu = torch.tensor([[0.2, 0.6, 0.2, 1.0]])
+    with pytest.raises(ConfigError, match="lam > 1"):
+        shape_rewards(r, nu, lam=2.0, variant="centered")
+    with pytest.raises(ConfigError, match="lam > 1"):
+        ShapingConfig(lam=1.5, variant="centered")
+    shape_rewards(r, nu, lam=1.0, variant="centered")  # the boundary is allowed
+    ShapingConfig(lam=2.0, variant="equation")
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,6 +113,7 @@ def test_permutation_equivariance(seed, G, m, d, lam, variant, normalize, data):
     nu = exploration_scores(phi, r)
     nu_p = exploration_scores(phi[:, perm], r[:, perm])
     torch.testing.assert_close(nu_p, nu[:, perm])
+    assume(variant == "equation" or lam <= 1)
     shaped = shape_rewards(r, nu, lam=lam, variant=variant, normalize=normalize)
     shaped_p = shape_rewards(r[:, perm], nu_p, lam=lam, variant=variant, normalize=normalize)
     torch.testing.assert_close(shaped_p, shaped[:, perm])
@@ -120,6 +134,7 @@ def test_shaped_rewards_are_clipped(seed, G, m, lam, clip, variant, normalize):
     g = torch.Generator().manual_seed(seed)
     r = torch.where(torch.rand(G, m, generator=g) > 0.5, 1.0, -1.0)
     nu = torch.rand(G, m, generator=g)
+    lam = lam if variant == "equation" else lam / 20  # centered: lam <= 1
     shaped = shape_rewards(r, nu, lam=lam, clip=clip, variant=variant, normalize=normalize)
     assert torch.all(shaped.abs() <= clip)
 
@@ -193,6 +208,10 @@ def test_errors_name_the_bad_argument():
         shape_rewards(r, r, lam=1.0, normalize="rank")
     with pytest.raises(ValueError, match="lam"):
         shape_rewards(r, r, lam=-1.0)
+    with pytest.raises(ValueError, match="lam"):
+        shape_rewards(r, r, lam=float("nan"))
+    with pytest.raises(ValueError, match="clip"):
+        shape_rewards(r, r, lam=1.0, clip=float("inf"))
     with pytest.raises(ValueError, match="phi"):
         exploration_scores(torch.ones(2, 3), r)
     with pytest.raises(ValueError, match="rewards"):

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from g2rl_core.config import ConfigError, TrainConfig, from_mapping, load_profile, parse_overrides
-from g2rl_core.engines.native import Trainer, k3_kl
+from g2rl_core.engines.native import Trainer
 from g2rl_core.maths.features import causal_lm_sequence_features
+from g2rl_core.maths.losses import k3_kl
 from g2rl_core.models import load_policy
 from g2rl_core.rollout import TransformersRollout
 
@@ -111,14 +112,26 @@ def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
         TrainConfig(lr="fast")
     with pytest.raises(ConfigError, match="ppo_mini_batch_size = 3 must divide prompts_per_step = 16"):
         TrainConfig(ppo_mini_batch_size=3)
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['learning_rate'\]"):
-        from_mapping(TrainConfig, {"learning_rate": 1.0})
-    with pytest.raises(ConfigError, match="variant"):
-        TrainConfig(variant="prose")
-    assert parse_overrides(["lr=1e-4", "method=g2rl", "chat_template=true"]) == {
+    with pytest.raises(ConfigError, match=r"unknown field 'kl_coeff'; did you mean 'kl_coef'\?"):
+        from_mapping(TrainConfig, {"kl_coeff": 1.0})
+    with pytest.raises(ConfigError, match=r"shaping: variant = 'prose' is not allowed"):
+        from_mapping(TrainConfig, {"shaping": {"variant": "prose"}})
+    with pytest.raises(ConfigError, match=r"rollout: unknown field 'bakend'; did you mean 'backend'"):
+        from_mapping(TrainConfig, {"rollout": {"bakend": "vllm"}})
+    for name, bad in [("lr", float("inf")), ("kl_coef", float("nan")), ("grad_clip", float("nan"))]:
+        with pytest.raises(ConfigError, match=f"{name} = .* must be a finite number"):
+            TrainConfig(**{name: bad})
+    with pytest.raises(ConfigError, match="lam"):
+        from_mapping(TrainConfig, {"shaping": {"lam": float("nan")}})
+    with pytest.raises(ConfigError, match="feature_chunk_size = 0 must be > 0"):
+        TrainConfig(feature_chunk_size=0)
+    with pytest.raises(ConfigError, match="threads = -1 must be > 0"):
+        TrainConfig(threads=-1)
+    assert parse_overrides(["lr=1e-4", "method=g2rl", "rollout.chat_template=true", "shaping.lam=2"]) == {
         "lr": 1e-4,
         "method": "g2rl",
-        "chat_template": True,
+        "rollout": {"chat_template": True},
+        "shaping": {"lam": 2},
     }
     with pytest.raises(ConfigError, match="profile = 'huge' is not defined"):
         load_profile("huge", tiny_base / "params.yaml")
@@ -130,12 +143,12 @@ def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
 
 def test_cli_reports_errors_without_traceback(tiny_base, tmp_path):
     out = subprocess.run(
-        _cli(tiny_base / "params.yaml", "train", "--method", "g2rl", "--out", str(tmp_path), "--set", "lam=-1"),
+        _cli(tiny_base / "params.yaml", "train", "--method", "g2rl", "--out", str(tmp_path), "--set", "shaping.lam=-1"),
         capture_output=True,
         text=True,
     )
     assert out.returncode == 2
-    assert "g2rl train: error: profile 'tiny': lam = -1.0 must be >= 0" in out.stderr
+    assert "g2rl train: error: profile 'tiny': shaping: lam = -1 must be >= 0" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -77,7 +77,7 @@ def test_profile_maps_to_grpo_config(tmp_path):
         1.0,
         8192,
         "dapo",
-        "group",
+        "none",  # every arm: the hook returns eq. 2 advantages (population std), TRL's group std is never used
     )
     assert (
         grpo.generation_batch_size == 256 and grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps == 16
@@ -86,3 +86,17 @@ def test_profile_maps_to_grpo_config(tmp_path):
     assert g2rl.scale_rewards == "none"
     entropy = grpo_config_from_profile(profile.train_config("entropy", 0), str(tmp_path))
     assert entropy.entropy_coef == 0.001
+
+
+def test_every_arm_uses_eq2_population_std(tiny_base, tmp_path):
+    """GRPO through TRL trains on eq. 2 (population std), like G2RL and EVOL-RL, not TRL's Bessel-corrected std."""
+    import torch
+
+    from g2rl_core.maths.shaping import grpo_advantages
+
+    out = _split_run(tiny_base / "base", tmp_path / "grpo.json", "grpo", 1)
+    rewards = torch.tensor(out["base_rewards"]).view(-1, 4)
+    assert any(len(set(group.tolist())) > 1 for group in rewards), "the fixed batch needs a mixed group"
+    assert out["advantages"] == pytest.approx(grpo_advantages(rewards).reshape(-1).tolist(), abs=1e-5)
+    bessel = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+    assert out["advantages"] != pytest.approx(bessel.reshape(-1).tolist(), abs=1e-3)

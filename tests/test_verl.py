@@ -22,7 +22,8 @@ from verl.trainer.ppo import ray_trainer  # noqa: E402
 from verl.trainer.ppo.core_algos import AdvantageEstimator  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
 
-from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores  # noqa: E402
+from g2rl_core.config import load_profile  # noqa: E402
+from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, shape_outcome_scores  # noqa: E402
 from g2rl_core.engines.verl.engine import PhiCaptureEngine, response_rows  # noqa: E402
 from g2rl_core.engines.verl.overrides import verl_overrides  # noqa: E402
 from g2rl_core.maths.features import (  # noqa: E402
@@ -32,7 +33,14 @@ from g2rl_core.maths.features import (  # noqa: E402
     phi_from_sums,
     phi_sums_from_logits,
 )
-from g2rl_core.maths.shaping import exploration_scores, grpo_advantages, shape_rewards  # noqa: E402
+from g2rl_core.maths.shaping import (  # noqa: E402
+    ShapingConfig,
+    exploration_scores,
+    grpo_advantages,
+    shape_rewards,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEMPERATURE = 0.7
 
@@ -341,7 +349,8 @@ def test_launch_overrides_compose_with_verls_hydra_config(profile, length):
     from hydra import compose, initialize_config_dir
 
     config_dir = Path(verl.__file__).parent / "trainer" / "config"
-    overrides = verl_overrides(profile, "g2rl", train_files="train.parquet", val_files="val.parquet", lam=1.5)
+    run = load_profile(profile, REPO / "params.yaml").train_config("g2rl", 0, shaping={"lam": 1.5})
+    overrides = verl_overrides(run, train_files="train.parquet", val_files="val.parquet")
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)
     actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
@@ -518,3 +527,36 @@ def test_verl_imports_the_trainer_module_when_asked(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("G2RLTrainer")
+
+
+def test_every_setting_reaches_verl_or_says_why_not():
+    import dataclasses
+
+    from g2rl_core.config import TrainConfig
+    from g2rl_core.engines.verl.overrides import NOT_IN_VERL_KEYS, VERL_KEYS
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields == set(VERL_KEYS) | set(NOT_IN_VERL_KEYS)
+    assert not set(VERL_KEYS) & set(NOT_IN_VERL_KEYS)
+
+
+@pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
+def test_every_verl_method_composes_or_is_refused(method):
+    from hydra import compose, initialize_config_dir
+
+    from g2rl_core.errors import ConfigError
+    from g2rl_core.maths.methods import METHODS
+
+    run = load_profile("paper-1.7b", REPO / "params.yaml").train_config(method, 3)
+    if METHODS[method].verl is None:
+        with pytest.raises(ConfigError, match="not wired into the verl engine"):
+            verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
+        return
+    overrides = verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    actor = cfg.actor_rollout_ref.actor
+    assert cfg.data.seed == 3
+    assert actor.optim.weight_decay == run.weight_decay and actor.grad_clip == run.grad_clip
+    assert actor.entropy_coeff == (run.entropy_coeff if METHODS[method].uses_entropy_bonus else 0)
+    assert (cfg.trainer.get("v1", {}).get("trainer_mode") == "g2rl") == (METHODS[method].verl == "g2rl")

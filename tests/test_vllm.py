@@ -27,7 +27,9 @@ PROMPTS = [
 
 def test_engine_weights_follow_the_trainer(tiny_base, tmp_path):
     profile = load_profile("tiny", tiny_base / "params.yaml")
-    cfg = profile.train_config("g2rl", 0, rollout="vllm", steps=3, lr=3e-3, val_every=3, checkpoint_every=3)
+    cfg = profile.train_config(
+        "g2rl", 0, rollout={"backend": "vllm"}, steps=3, lr=3e-3, val_every=3, checkpoint_every=3
+    )
     trainer = Trainer(cfg, tmp_path)
     trainer.train()  # 3 steps x 2 mini-batches: 6 optimiser steps, 6 syncs
     batch = trainer.backend.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=40, seed=123)

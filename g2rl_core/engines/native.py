@@ -26,7 +26,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -42,6 +42,7 @@ from g2rl_core.maths.features import (
     response_hidden_states,
     token_logprobs_and_entropy,
 )
+from g2rl_core.maths.losses import ppo_clip_loss
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
@@ -52,30 +53,24 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Low-variance KL estimator k3 = exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10]."""
-    diff = (ref_logprobs - logprobs).clamp(-20, 20)
-    return (torch.exp(diff) - diff - 1).clamp(-10, 10)
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path):
         self.cfg, self.out = cfg, Path(out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.model, self.tokenizer = load_policy(cfg.model)
-        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None
-        self.backend = make_rollout(cfg, self.model, self.tokenizer)
-        self.method = METHODS[cfg.method]
-        self.encode = sentence_encoder(cfg.encoder) if self.method.needs_encoder else None
-        self.train_problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)
+        self.train_problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)  # data errors first
         self.val_problems = load_problems(cfg.val_data, cfg.val_kind, cfg.data_dir)[: cfg.val_problems]
         if len(self.train_problems) < cfg.prompts_per_step:
             raise ConfigError(
                 f"prompts_per_step = {cfg.prompts_per_step} exceeds the {len(self.train_problems)} "
                 f"problems in {cfg.train_data}"
             )
+        self.model, self.tokenizer = load_policy(cfg.model)
+        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None
+        self.backend = make_rollout(cfg.rollout, self.model, self.tokenizer, model_path=cfg.model, seed=cfg.seed)
+        self.method = METHODS[cfg.method]
+        self.encode = sentence_encoder(cfg.encoder) if self.method.needs_encoder else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = cfg.lr_warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -98,7 +93,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "config": asdict(self.cfg),
+            "config": self.cfg.to_dict(),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -108,7 +103,7 @@ class Trainer:
     def discard_stale_checkpoint(cfg: TrainConfig, out: str | Path) -> bool:
         """Delete the checkpoint and log in ``out`` if they were written with another config."""
         checkpoint = Path(out) / "checkpoint.pt"
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["config"] != asdict(cfg):
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["config"] != cfg.to_dict():
             checkpoint.unlink()
             (Path(out) / "log.jsonl").unlink(missing_ok=True)
             return True
@@ -119,8 +114,8 @@ class Trainer:
             self.log_path.unlink(missing_ok=True)  # killed before the first checkpoint: start afresh
             return
         state = torch.load(self.checkpoint_path, weights_only=False)
-        if state["config"] != asdict(self.cfg):
-            changed = sorted(k for k in state["config"] if state["config"][k] != asdict(self.cfg).get(k))
+        if state["config"] != self.cfg.to_dict():
+            changed = sorted(k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k))
             raise ConfigError(
                 f"{self.checkpoint_path} was written with a different config (fields {changed}); use a new --out"
             )
@@ -151,65 +146,67 @@ class Trainer:
         )
         return problems, batch
 
+    def logprobs(self, model: torch.nn.Module, batch: RolloutBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs, entropies [n, R] of responses ``rows`` under ``model`` (update and reference pass)."""
+        hidden = response_hidden_states(
+            model, batch.prompt_ids[rows], batch.prompt_mask[rows], batch.response_ids[rows], batch.response_mask[rows]
+        )
+        weight, bias = lm_head_parameters(model)
+        return token_logprobs_and_entropy(
+            hidden,
+            weight,
+            batch.response_ids[rows],
+            batch.response_mask[rows],
+            lm_head_bias=bias,
+            temperature=self.cfg.temperature,
+            chunk_size=self.cfg.feature_chunk_size,
+        )
+
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs) -> dict:
-        """PPO-clip epochs over mini-batches (one optimiser step each) of micro-batches."""
+        """PPO-clip epochs over mini-batches (one optimiser step each) of micro-batches (eq. 4, ``ppo_clip_loss``)."""
         cfg = self.cfg
-        weight, bias = lm_head_parameters(self.model)
-        per_mini = cfg.ppo_mini_batch_size * cfg.rollouts_per_prompt
-        N = batch.response_ids.shape[0]
-        sums = {"kl": 0.0, "clip_frac": 0.0, "tokens": 0.0, "grad_norm": 0.0, "updates": 0}
+        per_mini, N = cfg.ppo_mini_batch_size * cfg.rollouts_per_prompt, batch.response_ids.shape[0]
+        sums: dict[str, float] = defaultdict(float)
+        losses, grad_norms = [], []
         self.model.train()
         for _ in range(cfg.ppo_epochs):
             for lo in range(0, N, per_mini):
-                mini = range(lo, min(lo + per_mini, N))
-                mini_tokens = batch.response_mask[mini.start : mini.stop].sum().clamp(min=1)
+                hi = min(lo + per_mini, N)
+                mini_tokens = batch.response_mask[lo:hi].sum().clamp(min=1)
                 self.optimizer.zero_grad(set_to_none=True)
-                for mlo in range(mini.start, mini.stop, cfg.ppo_micro_batch_size):
-                    idx = slice(mlo, min(mlo + cfg.ppo_micro_batch_size, mini.stop))
-                    mask = batch.response_mask[idx].float()
-                    hidden = response_hidden_states(
-                        self.model,
-                        batch.prompt_ids[idx],
-                        batch.prompt_mask[idx],
-                        batch.response_ids[idx],
-                        batch.response_mask[idx],
+                mini_loss = 0.0
+                for start in range(lo, hi, cfg.ppo_micro_batch_size):
+                    rows = slice(start, min(start + cfg.ppo_micro_batch_size, hi))
+                    logp, entropy = self.logprobs(self.model, batch, rows)
+                    loss, stats = ppo_clip_loss(
+                        logp,
+                        old_logprobs[rows],
+                        advantages[rows],
+                        batch.response_mask[rows],
+                        clip_ratio=cfg.clip_ratio,
+                        ref_logp=None if ref_logprobs is None else ref_logprobs[rows],
+                        kl_coef=cfg.kl_coef,
+                        entropy=entropy if self.method.uses_entropy_bonus else None,
+                        entropy_coeff=cfg.entropy_coeff,
+                        normalizer=mini_tokens,
                     )
-                    logp, entropy = token_logprobs_and_entropy(
-                        hidden,
-                        weight,
-                        batch.response_ids[idx],
-                        batch.response_mask[idx],
-                        lm_head_bias=bias,
-                        temperature=cfg.temperature,
-                        chunk_size=cfg.feature_chunk_size,
-                    )
-                    ratio = torch.exp(logp - old_logprobs[idx])
-                    adv = advantages[idx].unsqueeze(1)
-                    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
-                    loss_tokens = torch.maximum(unclipped, clipped)
-                    if ref_logprobs is not None:
-                        kl = k3_kl(logp, ref_logprobs[idx])
-                        loss_tokens = loss_tokens + cfg.kl_coef * kl
-                        sums["kl"] += (kl.detach() * mask).sum().item()
-                    if self.method.uses_entropy_bonus:
-                        loss_tokens = loss_tokens - cfg.entropy_coeff * entropy
-                    ((loss_tokens * mask).sum() / mini_tokens).backward()
-                    sums["clip_frac"] += ((clipped > unclipped).float() * mask).sum().item()
-                    sums["tokens"] += mask.sum().item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                )
+                    loss.backward()
+                    mini_loss += loss.item()
+                    for key, value in stats.items():
+                        sums[key] += value.item()
+                max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item())
+                losses.append(mini_loss)
                 self.optimizer.step()
                 self.backend.sync_weights(self.model)
-                sums["grad_norm"] += grad_norm.item()
-                sums["updates"] += 1
         self.model.eval()
         self.scheduler.step()
         tokens = max(sums["tokens"], 1.0)
         return {
+            "loss": sum(losses) / len(losses),
             "kl": sums["kl"] / tokens,
-            "clip_frac": sums["clip_frac"] / tokens,
-            "grad_norm": sums["grad_norm"] / sums["updates"],
+            "clip_frac": sums["clipped"] / tokens,
+            "grad_norm": sum(grad_norms) / len(grad_norms),
         }
 
     def train_step(self) -> dict:
@@ -231,19 +228,7 @@ class Trainer:
         ref_logprobs = None
         if self.ref is not None:
             with torch.no_grad():
-                hidden = response_hidden_states(
-                    self.ref, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
-                )
-                w, b = lm_head_parameters(self.ref)
-                ref_logprobs, _ = token_logprobs_and_entropy(
-                    hidden,
-                    w,
-                    batch.response_ids,
-                    batch.response_mask,
-                    lm_head_bias=b,
-                    temperature=cfg.temperature,
-                    chunk_size=cfg.feature_chunk_size,
-                )
+                ref_logprobs, _ = self.logprobs(self.ref, batch, slice(None))
         phi = old.phi.view(G, m, -1)
         advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(
             -1
@@ -290,7 +275,7 @@ class Trainer:
         """Run (or resume) to ``cfg.steps``; returns the directory of the final model."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.maybe_resume()
-        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
         bar = tqdm(
             total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.method} seed {self.cfg.seed}", unit="step"
         )

@@ -1,15 +1,15 @@
-"""G2RL and EVOL-RL exploration inside TRL's GRPOTrainer (trl==1.16.0).
+"""The exploration methods inside TRL's GRPOTrainer (trl 1.16).
 
-Mapping of our four methods onto TRL:
-- ``grpo``:    TRL as is: scale_rewards="group", loss_type="dapo" (token-mean), k3 KL (beta).
-- ``entropy``: TRL as is, plus its own ``entropy_coef``.
-- ``g2rl`` / ``evol``: ``ExplorationGRPOTrainer``, the smallest hook TRL allows. It overrides
-  ``_calculate_rewards``, which TRL calls after gathering every process's rewards. The hook
-  gathers each process's Phi (and, for evol, the response texts), so a group split across
-  processes is scored as a whole, and returns our eq. 2 advantages of the shaped rewards
-  (``methods.METHODS``) in place of the rewards. With ``scale_rewards="none"`` TRL then
-  only subtracts the group mean, which is already 0: the advantages TRL trains on are ours,
-  computed by ``g2rl_core.maths.shaping`` and nowhere else.
+Every method runs through ``ExplorationGRPOTrainer``, the smallest hook TRL allows: it
+overrides ``_calculate_rewards``, which TRL calls after gathering every process's rewards,
+and returns the method's advantages (``maths.methods.METHODS``: eq. 2 of the method's
+rewards) in place of the rewards. With ``scale_rewards="none"`` TRL then only subtracts the
+group mean, which is already 0, so every arm of a comparison trains on the same eq. 2
+(population std), computed by ``g2rl_core.maths.shaping`` and nowhere else; TRL's own
+Bessel-corrected group std (plus 1e-4) is never used. The loss is TRL's: loss_type="dapo"
+(token-mean), k3 KL (beta), and TRL's ``entropy_coef`` for methods with an entropy bonus.
+The hook gathers each process's Phi (methods that need it) and the response texts (methods
+with an encoder), so a group split across processes is scored as a whole.
 
 Where Phi comes from. TRL computes old-policy log-probs only when generation and optimiser
 steps are misaligned or vLLM importance sampling is on, and then only as logits inside
@@ -34,9 +34,7 @@ from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
-from g2rl_core.rollout import left_pad, right_pad
-
-TRL_VERSION = "1.16.0"
+from g2rl_core.rollout import format_prompt, left_pad, right_pad
 
 
 def verifier_reward(completions, answer, kind, **kwargs) -> list[float]:
@@ -77,9 +75,9 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         max_completion_length=cfg.max_response_length,
         max_steps=cfg.steps * (completions // per_mini),
         seed=cfg.seed,
-        entropy_coef=cfg.entropy_coeff if cfg.method == "entropy" else 0.0,
-        scale_rewards="none" if cfg.method in ("g2rl", "evol") else "group",
-        use_vllm=cfg.rollout == "vllm",
+        entropy_coef=cfg.entropy_coeff if METHODS[cfg.method].uses_entropy_bonus else 0.0,
+        scale_rewards="none",  # the hook returns finished eq. 2 advantages
+        use_vllm=cfg.rollout.backend == "vllm",
         logging_steps=1,
         report_to=[],
         save_strategy="no",
@@ -90,13 +88,9 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
 
 
 class ExplorationGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose group advantages come from ``METHODS[cfg.method]`` (``g2rl`` or ``evol``)."""
+    """GRPOTrainer whose group advantages come from ``METHODS[exploration.method]``."""
 
     def __init__(self, *args, exploration: TrainConfig, **kwargs):
-        if exploration.method not in ("g2rl", "evol"):
-            raise ValueError(
-                f"method {exploration.method!r}: use TRL's own GRPOTrainer (grpo, or entropy_coef for entropy)"
-            )
         super().__init__(*args, **kwargs)
         if self.scale_rewards != "none":
             raise ValueError(
@@ -134,15 +128,19 @@ class ExplorationGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered [N, 1]
-        prompt_ids_list, _ = self._last_token_ids
-        phi = gather(self.local_features(prompt_ids_list, completion_ids_list).to(rewards.device))
+        N = rewards.shape[0]
+        if self.method.needs_phi:
+            prompt_ids_list, _ = self._last_token_ids
+            phi = gather(self.local_features(prompt_ids_list, completion_ids_list).to(rewards.device)).cpu()
+        else:  # no extra decoder pass for methods that do not read Phi
+            phi = torch.zeros(N, 0)
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        if self.method.needs_encoder:  # evol needs the texts and which answers parse; g2rl needs neither
+        if self.method.needs_encoder:  # the texts and which answers parse, gathered from every process
             parsable_local = [verify(t, x["answer"], x["kind"]).extracted is not None for t, x in zip(texts, inputs)]
             all_texts, parsable = gather_object(texts), torch.tensor(gather_object(parsable_local))
         else:
-            all_texts, parsable = texts, torch.ones(rewards.shape[0], dtype=torch.bool)
-        advantages = self.shape_gathered(rewards[:, 0].cpu(), phi.cpu(), parsable, all_texts)
+            all_texts, parsable = texts, torch.ones(N, dtype=torch.bool)
+        advantages = self.shape_gathered(rewards[:, 0].cpu(), phi, parsable, all_texts)
         return advantages.view(-1, 1).to(rewards.device)
 
     def shape_gathered(
@@ -155,17 +153,26 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         advantages = self.method.advantages(batch, self.exploration, self.encode).reshape(-1)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["g2rl/base_reward_mean"].append(rewards.mean().item())
-        for key, value in group_geometry(batch.phi, batch.rewards).items():
-            if key in ("nu_mean", "nu_std", "phi_cos_mean", "phi_neg_share"):
-                self._metrics[mode][f"g2rl/{key}"].append(value)
+        if self.method.needs_phi:
+            for key, value in group_geometry(batch.phi, batch.rewards).items():
+                if key in ("nu_mean", "nu_std", "phi_cos_mean", "phi_neg_share"):
+                    self._metrics[mode][f"g2rl/{key}"].append(value)
         return advantages
 
 
-def problems_dataset(problems):
-    """A datasets.Dataset with the columns the trainer and verifier_reward need."""
+def problems_dataset(problems, tokenizer=None, chat_template: bool = False):
+    """A datasets.Dataset with the columns the trainer and verifier_reward need.
+
+    The prompt is the text the native engine feeds its model (``rollout.format_prompt``), so
+    both engines see identical prompts.
+    """
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": p.prompt, "answer": p.answer, "kind": p.kind} for p in problems])
+    rows = [
+        {"prompt": format_prompt(tokenizer, p.prompt, chat_template), "answer": p.answer, "kind": p.kind}
+        for p in problems
+    ]
+    return Dataset.from_list(rows)
 
 
 def train_with_trl(cfg: TrainConfig, out: str, **config_overrides):
@@ -174,12 +181,15 @@ def train_with_trl(cfg: TrainConfig, out: str, **config_overrides):
 
     model, tokenizer = load_policy(cfg.model)
     args = grpo_config_from_profile(cfg, out, **config_overrides)
-    dataset = problems_dataset(load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir))
-    kwargs = dict(
-        model=model, reward_funcs=[verifier_reward], args=args, train_dataset=dataset, processing_class=tokenizer
-    )
-    trainer = (
-        ExplorationGRPOTrainer(**kwargs, exploration=cfg) if cfg.method in ("g2rl", "evol") else GRPOTrainer(**kwargs)
+    problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)
+    dataset = problems_dataset(problems, tokenizer, cfg.rollout.chat_template)
+    trainer = ExplorationGRPOTrainer(
+        model=model,
+        reward_funcs=[verifier_reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        exploration=cfg,
     )
     trainer.train()
     trainer.save_model(f"{out}/final")

@@ -1,4 +1,4 @@
-"""The four exploration methods, selected by name from ``METHODS``.
+"""The exploration methods, selected by name from the registry ``METHODS``.
 
 Each method maps one step's groups to per-response advantages [G, m]; the trainer
 broadcasts them to tokens. All four see the same inputs from the one old-policy pass:
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,14 +74,29 @@ def evol_rewards(embeddings: Tensor, correct: Tensor, parsable: Tensor) -> Tenso
     return rewards
 
 
+#: ``encode(texts)`` -> [N, e] sentence embeddings (EVOL-RL's encoder).
+Encoder = Callable[[list[str]], Tensor]
+
+
 @dataclass(frozen=True)
 class Method:
-    """``advantages(batch, cfg, encode)`` -> [G, m]; ``encode(texts)`` -> [N, e] embeddings (evol only)."""
+    """One exploration method: every fact the engines, the config and the report need about it.
+
+    ``advantages(batch, cfg, encode)`` maps one step's groups to per-response advantages [G, m];
+    ``cfg`` is the run's ``TrainConfig`` (its ``shaping``, ``entropy_coeff``, ...), ``encode`` the
+    sentence encoder when ``needs_encoder`` (else None). Register a new method with ``register``
+    below and give it a block in params.yaml: nothing else names methods.
+    """
 
     name: str
-    advantages: Callable[..., Tensor]
-    uses_entropy_bonus: bool = False
-    needs_encoder: bool = False
+    label: str  # how tables and figures spell it
+    color: str  # its colour in every figure
+    advantages: Callable[[GroupBatch, Any, Encoder | None], Tensor]
+    needs_groups: bool = False  # compares responses within a group: rollouts_per_prompt >= 2, whole groups per call
+    needs_phi: bool = False  # reads Phi (engines compute it in the old-policy pass)
+    needs_encoder: bool = False  # reads sentence embeddings of the responses (and their texts)
+    uses_entropy_bonus: bool = False  # the loss subtracts entropy_coeff * entropy (eq. 4 plus the bonus)
+    verl: str | None = None  # how the verl engine runs it: "grpo" (verl's own GRPO), "g2rl" (G2RLTrainer), None: not
 
 
 def _grpo(batch: GroupBatch, cfg, encode=None) -> Tensor:
@@ -89,10 +105,7 @@ def _grpo(batch: GroupBatch, cfg, encode=None) -> Tensor:
 
 def _g2rl(batch: GroupBatch, cfg, encode=None) -> Tensor:
     nu = exploration_scores(batch.phi, batch.rewards)
-    shaped = shape_rewards(
-        batch.rewards, nu, lam=cfg.lam, variant=cfg.variant, clip=cfg.shaping_clip, normalize=cfg.normalize
-    )
-    return grpo_advantages(shaped)
+    return grpo_advantages(shape_rewards(batch.rewards, nu, **cfg.shaping.kwargs()))
 
 
 def _evol(batch: GroupBatch, cfg, encode) -> Tensor:
@@ -101,9 +114,19 @@ def _evol(batch: GroupBatch, cfg, encode) -> Tensor:
     return grpo_advantages(evol_rewards(embeddings, batch.rewards > 0, batch.parsable))
 
 
-METHODS: dict[str, Method] = {
-    "grpo": Method("grpo", _grpo),
-    "entropy": Method("entropy", _grpo, uses_entropy_bonus=True),
-    "evol": Method("evol", _evol, needs_encoder=True),
-    "g2rl": Method("g2rl", _g2rl),
-}
+#: The registry, by name. Its order is the order of every table and legend.
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to ``METHODS``; the name must be new."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+register(Method("grpo", "GRPO", "#1f77b4", _grpo, verl="grpo"))
+register(Method("entropy", "Entropy Bonus", "#ff7f0e", _grpo, uses_entropy_bonus=True, verl="grpo"))
+register(Method("evol", "EVOL-RL", "#2ca02c", _evol, needs_groups=True, needs_encoder=True))
+register(Method("g2rl", "G2RL", "#d62728", _g2rl, needs_groups=True, needs_phi=True, verl="g2rl"))

@@ -22,15 +22,62 @@ equation as printed as ``variant="equation"`` (the default) and the prose readin
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from g2rl_core.errors import ConfigError
 
 ShapingVariant = Literal["equation", "centered"]
 NuNormalization = Literal["minmax", "none"]
 SHAPING_VARIANTS: tuple[str, ...] = ("equation", "centered")
 NU_NORMALIZATIONS: tuple[str, ...] = ("minmax", "none")
+
+
+@dataclass(frozen=True)
+class ShapingConfig:
+    """G2RL's reward shaping settings (eq. 10-13 and section 2.5), validated in this one place.
+
+    lam:       lambda of eq. 12, >= 0 (0 gives GRPO exactly). The paper does not state its value.
+    variant:   "equation" (eq. 12-13 as printed) or "centered" (the prose of section 2.4); see the
+               module docstring. "centered" needs lam <= 1: above it the factor 1 + lam (2 nubar - 1)
+               turns negative for redundant responses, so a redundant correct response would get a
+               negative reward and a redundant wrong one a positive reward, against the prose.
+    normalize: "minmax" (eq. 11, nubar = min-max of nu within the group) or "none" (nubar = nu).
+    clip:      c of section 2.5, rtilde = clip(rtilde, -c, c); c = 3 in the paper; None disables it.
+    """
+
+    lam: float = 1.0
+    variant: str = "equation"
+    normalize: str = "minmax"
+    clip: float | None = 3.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam):
+            raise ConfigError(f"lam = {self.lam!r} must be a finite number >= 0")
+        if self.lam < 0:
+            raise ConfigError(f"lam = {self.lam!r} must be >= 0")
+        if self.variant not in SHAPING_VARIANTS:
+            raise ConfigError(f"variant = {self.variant!r} is not allowed; choose one of {list(SHAPING_VARIANTS)}")
+        if self.normalize not in NU_NORMALIZATIONS:
+            raise ConfigError(f"normalize = {self.normalize!r} is not allowed; choose one of {list(NU_NORMALIZATIONS)}")
+        if self.clip is not None and (
+            isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not 0 < self.clip < math.inf
+        ):
+            raise ConfigError(f"clip = {self.clip!r} must be a finite number > 0, or null to disable it")
+        if self.variant == "centered" and self.lam > 1:
+            raise ConfigError(
+                f"lam = {self.lam!r} with variant = 'centered': lam > 1 makes 1 + lam * (2 nubar - 1) negative for "
+                "redundant responses and flips their reward's sign (a redundant correct answer would be punished); "
+                "use lam <= 1 or variant = 'equation'"
+            )
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``shape_rewards``."""
+        return {"lam": self.lam, "variant": self.variant, "normalize": self.normalize, "clip": self.clip}
 
 
 def _check_groups(name: str, x: Tensor, ndim: int) -> None:
@@ -134,17 +181,12 @@ def shape_rewards(
     _check_groups("rewards", rewards, 2)
     if nu.shape != rewards.shape:
         raise ValueError(f"nu {tuple(nu.shape)} and rewards {tuple(rewards.shape)} must have the same shape")
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
-    if clip is not None and clip <= 0:
-        raise ValueError(f"clip must be > 0 or None, got {clip}")
+    ShapingConfig(lam=lam, variant=variant, normalize=normalize, clip=clip)  # the one validator
     nubar = normalize_scores(nu, normalize)
     if variant == "equation":
         factor = 1.0 + lam * rewards * nubar
-    elif variant == "centered":
+    else:  # "centered"
         factor = 1.0 + lam * (2.0 * nubar - 1.0)
-    else:
-        raise ValueError(f"variant must be one of {SHAPING_VARIANTS}, got {variant!r}")
     shaped = rewards * factor
     return shaped if clip is None else shaped.clamp(-clip, clip)
 

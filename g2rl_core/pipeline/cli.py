@@ -1,23 +1,99 @@
-"""The ``g2rl`` command line: sft, train, eval.
+"""The ``g2rl`` command line.
 
-    g2rl sft   --profile tiny --out build/tiny
-    g2rl train --profile tiny --method g2rl --seed 0 --out runs/tiny/g2rl/seed0
-    g2rl eval  --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
+    g2rl sft      --profile tiny --out build/tiny
+    g2rl train    --profile tiny --method g2rl --seed 0 --out runs/tiny/g2rl/seed0 [--set shaping.lam=2]
+    g2rl eval     --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
+    g2rl geometry --profile tiny --runs runs/tiny --out artifacts/tiny/geometry
+    g2rl report   --profile tiny
 
-``--set field=value`` overrides any TrainConfig field. Errors name the bad field, value or
-path and say what is allowed; they print as one line, without a traceback.
+Settings come from the profile in params.yaml (``--params`` and ``--profile`` choose it);
+``--set field=value`` (``section.field=value`` for nested sections) overrides any of them:
+``g2rl train --help`` lists every field with its meaning and default. User errors print as
+one line naming the bad field, file or value, and exit with code 2 (``--debug`` shows the
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import io
 import json
+import os
 import random
 import sys
 import time
+import tokenize
+import typing
 from pathlib import Path
 
-from g2rl_core.config import METHOD_NAMES, ConfigError, from_mapping, load_profile, parse_overrides
+from g2rl_core.config import (
+    RolloutConfig,
+    SFTConfig,
+    TrainConfig,
+    from_mapping,
+    load_profile,
+    method_names,
+    parse_overrides,
+)
+from g2rl_core.errors import ConfigError, G2RLError
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's trailing ``# comment`` in ``cls``'s source: the settings' documentation."""
+    docs: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    line_name: tuple[int, str] | None = None
+    for tok in tokens:
+        if tok.type == tokenize.NAME and tok.string in names and tok.start[1] == 4:
+            line_name = (tok.start[0], tok.string)
+        elif tok.type == tokenize.COMMENT and line_name and tok.start[0] == line_name[0]:
+            docs[line_name[1]] = tok.string.lstrip("# ").strip()
+    return docs
+
+
+def settings_help(cls: type, prefix: str = "") -> list[str]:
+    """One line per setting of ``cls`` (nested sections expanded): name, default and meaning."""
+    lines, docs = [], field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"  {prefix}{f.name}.*: {docs.get(f.name, '')}")
+            lines += settings_help(hints[f.name], prefix=f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meaning = f"  {docs[f.name]}" if f.name in docs else ""
+        lines.append(f"  {prefix}{f.name} = {default!r}{meaning}")
+    return lines
+
+
+def writable_dir(path: str | Path) -> Path:
+    """``path`` as a directory we can write, created if missing; checked before any expensive work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is a file; give a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path} is not writable")
+    return path
+
+
+def runtime_overrides(profile, pairs: list[str]) -> tuple[str | None, RolloutConfig]:
+    """``data_dir`` and ``rollout`` of the profile's train section, with ``--set`` overrides (eval, geometry)."""
+    overrides = parse_overrides(pairs)
+    unknown = sorted(set(overrides) - {"data_dir", "rollout"})
+    if unknown:
+        raise ConfigError(f"--set: {unknown} cannot be set here; only data_dir=PATH and rollout.FIELD=VALUE")
+    data_dir = overrides.get("data_dir", profile.train.get("data_dir"))
+    rollout = {**(profile.train.get("rollout") or {}), **(overrides.get("rollout") or {})}
+    return data_dir, from_mapping(RolloutConfig, rollout, f"profile {profile.name!r} train.rollout")
+
+
+# --- commands --------------------------------------------------------------------------------------
 
 
 def cmd_sft(args) -> None:
@@ -27,17 +103,12 @@ def cmd_sft(args) -> None:
     from g2rl_core.pipeline import tiny
 
     profile = load_profile(args.profile, args.params)
-    if not profile.sft:
-        raise ConfigError(f"profile {profile.name!r} has no 'sft' section: only the tiny profile builds its base model")
-    settings = dict(profile.sft)
-    model_cfg = from_mapping(tiny.TinyModelConfig, settings.pop("model", {}), f"profile {profile.name!r} sft.model")
-    task_seed = settings.pop("task_seed", 0)
-    sft_cfg = from_mapping(tiny.SFTConfig, settings, f"profile {profile.name!r} sft")
+    sft_cfg: SFTConfig = profile.require("sft")
+    out = writable_dir(args.out)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    out = Path(args.out)
-    paths = tiny.write_task(out / "data", seed=task_seed)
+    paths = tiny.write_task(out / "data", seed=sft_cfg.task_seed)
     tokenizer = tiny.build_tokenizer()
-    model = tiny.build_model(tokenizer, model_cfg, seed=sft_cfg.seed)
+    model = tiny.build_model(tokenizer, sft_cfg.model, seed=sft_cfg.seed)
     rows = {name: [json.loads(line) for line in open(path)] for name, path in paths.items()}
     start = time.perf_counter()
     losses = tiny.sft(model, tokenizer, rows["train"], rows["choice"] + rows["choice10"], sft_cfg)
@@ -55,19 +126,20 @@ def cmd_sft(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from g2rl_core.engines.native import Trainer
-
     profile = load_profile(args.profile, args.params)
     cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
+    out = writable_dir(args.out)
     if args.engine == "trl":
         from g2rl_core.engines.trl import train_with_trl
 
-        train_with_trl(cfg, args.out)
-        print(f"final model: {Path(args.out) / 'final'}")
+        train_with_trl(cfg, str(out))
+        print(f"final model: {out / 'final'}")
         return
+    from g2rl_core.engines.native import Trainer
+
     if args.on_config_change == "restart":
-        Trainer.discard_stale_checkpoint(cfg, args.out)
-    final = Trainer(cfg, args.out).train()
+        Trainer.discard_stale_checkpoint(cfg, out)
+    final = Trainer(cfg, out).train()
     print(f"final model: {final}")
 
 
@@ -80,60 +152,52 @@ def cmd_eval(args) -> None:
     from g2rl_core.rollout import make_rollout
 
     profile = load_profile(args.profile, args.params)
-    model_path = args.model or profile.train["model"]
-    method = args.method if args.method in METHOD_NAMES else "grpo"  # "base" labels the untrained model
-    cfg = profile.train_config(method, args.seed, model=model_path, **parse_overrides(args.set))
-    settings = dict(profile.eval)
-    benchmarks = dict(settings.pop("benchmarks", None) or {})
-    if not benchmarks:
-        raise ConfigError(f"profile {profile.name!r} has no eval.benchmarks")
-    model, tokenizer = load_policy(model_path)
-    backend = make_rollout(cfg, model, tokenizer)
-    out = Path(args.out)
-    summaries = []
-    selected = args.benchmarks or list(benchmarks)
-    for name in selected:
-        if name not in benchmarks and name in BENCHMARKS:  # any named benchmark, with the profile's settings
-            benchmarks[name] = {"source": name, "kind": BENCHMARKS[name].kind}
-        if name not in benchmarks:
+    spec = profile.require("eval")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed} must be >= 0")
+    data_dir, rollout_cfg = runtime_overrides(profile, args.set)
+    model_path = args.model or profile.train.get("model")
+    if not model_path:
+        raise ConfigError(f"profile {profile.name!r} has no train.model; pass --model PATH")
+    cli = {"n": args.n, "max_new_tokens": args.max_new_tokens}
+    cli = {key: value for key, value in cli.items() if value is not None}
+    names = args.benchmarks or list(spec.benchmarks)
+    settings = {}
+    for name in names:  # every benchmark's settings are checked before the model loads
+        if name not in spec.benchmarks and name in BENCHMARKS:  # any named benchmark, with the profile's defaults
+            spec = dataclasses.replace(
+                spec, benchmarks={**spec.benchmarks, name: {"source": name, "kind": BENCHMARKS[name].kind}}
+            )
+        if name not in spec.benchmarks:
             raise ConfigError(
                 f"benchmark {name!r} is neither in profile {profile.name!r} eval.benchmarks "
-                f"({sorted(benchmarks)}) nor a known benchmark ({sorted(BENCHMARKS)})"
+                f"({sorted(spec.benchmarks)}) nor a known benchmark ({sorted(BENCHMARKS)})"
             )
-        spec = {
-            "n": 16,
-            "ks": [1, 16],
-            "temperature": 0.8,
-            "top_p": 1.0,
-            "limit": None,
-            "max_new_tokens": cfg.max_response_length,
-            "kind": "math",
-            **settings,
-            **benchmarks[name],
-        }
-        if args.n:  # a quick look: fewer samples, and only the k that fit
-            spec["n"], spec["ks"] = args.n, [k for k in spec["ks"] if k <= args.n] or [1]
-        if args.max_new_tokens:
-            spec["max_new_tokens"] = args.max_new_tokens
-        unknown = sorted(set(spec) - {"n", "ks", "temperature", "top_p", "limit", "max_new_tokens", "kind", "source"})
-        if unknown or "source" not in spec:
-            raise ConfigError(
-                f"profile {profile.name!r} eval.benchmarks.{name}: needs 'source'; unknown field(s) {unknown}"
-            )
-        problems = load_problems(spec["source"], spec["kind"], cfg.data_dir, limit=args.limit or spec["limit"])
+        overrides = dict(cli)
+        if args.n is not None:  # a quick look: fewer samples, and only the k that fit
+            overrides["ks"] = [k for k in spec.benchmark(name).ks if k <= args.n] or [1]
+        if args.limit is not None:
+            overrides["limit"] = args.limit
+        settings[name] = spec.benchmark(name, **overrides)
+    out = writable_dir(args.out)
+    problems = {name: load_problems(s.source, s.kind, data_dir, limit=s.limit) for name, s in settings.items()}
+    model, tokenizer = load_policy(model_path)
+    backend = make_rollout(rollout_cfg, model, tokenizer, model_path=model_path, seed=args.seed)
+    summaries = []
+    for name, s in settings.items():
         labels = {"model": args.model_label or model_path, "method": args.method, "seed": args.seed, "benchmark": name}
         summaries.append(
             run_eval(
                 backend,
-                problems,
+                problems[name],
                 samples_csv=out / f"samples_{name}.csv",
                 summary_csv=out / f"summary_{name}.csv",
                 labels=labels,
-                n=spec["n"],
-                ks=spec["ks"],
-                temperature=spec["temperature"],
-                top_p=spec["top_p"],
-                max_new_tokens=spec["max_new_tokens"],
+                n=s.n,
+                ks=s.ks,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_new_tokens=s.max_new_tokens,
                 seed=args.seed,
             )
         )
@@ -146,6 +210,7 @@ def cmd_geometry(args) -> None:
     """Figure 3 data: within-problem pairs of every trained policy (methods x seeds of params.yaml)."""
     import pandas as pd
 
+    from g2rl_core import paths
     from g2rl_core.analysis.geometry import policy_geometry, summarize_pairs
     from g2rl_core.config import load_params
     from g2rl_core.evaluation.benchmarks import load_problems
@@ -154,37 +219,29 @@ def cmd_geometry(args) -> None:
 
     params = load_params(args.params)
     profile = load_profile(args.profile, args.params)
-    spec = {
-        "problems": 30,
-        "samples": 8,
-        "temperature": 0.8,
-        "top_p": 1.0,
-        "encoder": "all-MiniLM-L6-v2",
-        "kind": "math",
-        **profile.geometry,
-    }
-    if "source" not in spec:
-        raise ConfigError(f"profile {profile.name!r} geometry: needs 'source' (the split or benchmark to sample)")
-    encode = sentence_encoder(spec["encoder"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    spec = profile.require("geometry")
+    data_dir, rollout_cfg = runtime_overrides(profile, args.set)
     methods, seeds = args.methods or params.get("methods", []), args.seeds or params.get("seeds", [0])
-    pool = load_problems(spec["source"], spec["kind"], profile.train_config(methods[0], seeds[0]).data_dir)
-    problems = [pool[i] for i in sorted(random.Random(0).sample(range(len(pool)), min(spec["problems"], len(pool))))]
+    runs = Path(args.runs) if args.runs else paths.runs_dir(profile.name)
+    out = writable_dir(args.out or paths.geometry_dir(profile.name))
+    pool = load_problems(spec.source, spec.kind, data_dir)
+    chosen = sorted(random.Random(0).sample(range(len(pool)), min(spec.problems, len(pool))))
+    problems = [pool[i] for i in chosen]
+    encode = sentence_encoder(spec.encoder)
     frames, summaries = [], []
     for method in methods:
         for seed in seeds:
             cfg = profile.train_config(method, seed)
-            run = Path(args.runs) / method / f"seed{seed}" / "final"
-            model, tokenizer = load_policy(str(run))
+            model_path = str(runs / method / f"seed{seed}" / "final")
+            model, tokenizer = load_policy(model_path)
             pairs = policy_geometry(
                 model,
-                make_rollout(cfg, model, tokenizer),
+                make_rollout(rollout_cfg, model, tokenizer, model_path=model_path, seed=seed),
                 encode,
                 problems,
-                samples=spec["samples"],
-                temperature=spec["temperature"],
-                top_p=spec["top_p"],
+                samples=spec.samples,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
                 max_new_tokens=cfg.max_response_length,
                 seed=seed,
                 chunk_size=cfg.feature_chunk_size,
@@ -205,30 +262,55 @@ def cmd_report(args) -> None:
     print(f"wrote {write_results_index(args.results, profile.name)}")
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- the parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def common_options(defaults: bool) -> argparse.ArgumentParser:
+        """The options every command takes, before or after its name (only the top level sets defaults)."""
+        common = argparse.ArgumentParser(add_help=False)
+        kw = {} if defaults else {"default": argparse.SUPPRESS}
+        common.add_argument("--params", **({"default": "params.yaml"} | kw), help="parameter file (params.yaml)")
+        common.add_argument("--profile", **({"default": None} | kw), help="profile (default: the file's 'profile')")
+        common.add_argument("--debug", action="store_true", **kw, help="show the traceback of an error")
+        return common
+
     parser = argparse.ArgumentParser(
-        prog="g2rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="g2rl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options(defaults=True)],
     )
-    parser.add_argument("--params", default="params.yaml", help="parameter file with the profiles")
+    common = common_options(defaults=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sft", help="build the tiny base model (tiny profile)")
-    p.add_argument("--profile", default=None, help="profile in params.yaml (default: its 'profile' key)")
+    def command(name: str, func, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help, parents=[common], epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = command("sft", cmd_sft, "build the tiny base model (tiny profile)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=cmd_sft)
 
-    p = sub.add_parser("train", help="GRPO training with one exploration method")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--method", required=True, help="grpo | entropy | evol | g2rl")
+    train_settings = "training settings (--set FIELD=VALUE; defaults, before the profile's values):\n"
+    p = command(
+        "train",
+        cmd_train,
+        "GRPO training with one exploration method",
+        epilog=train_settings + "\n".join(settings_help(TrainConfig)),
+    )
+    p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resumes from its checkpoint)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override settings (listed below)")
     p.add_argument(
         "--engine",
         choices=["native", "trl"],
         default="native",
-        help="native: g2rl_core.engines.native (one machine); trl: TRL's GRPOTrainer with the same profile",
+        help="native: g2rl_core.engines.native (one process); trl: TRL's GRPOTrainer, same profile",
     )
     p.add_argument(
         "--on-config-change",
@@ -236,40 +318,47 @@ def main(argv: list[str] | None = None) -> int:
         default="error",
         help="a checkpoint in --out written with another config: stop (default) or start afresh",
     )
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="sample n responses per problem and write samples + summary CSVs")
-    p.add_argument("--profile", default=None)
+    p = command("eval", cmd_eval, "sample n responses per problem and write samples + summary CSVs")
     p.add_argument("--model", default=None, help="model directory or hub name (default: the profile's train.model)")
     p.add_argument("--model-label", default=None, help="value of the 'model' column (default: --model)")
-    p.add_argument("--method", default="base", help="value of the 'method' column (base: the untrained model)")
+    p.add_argument(
+        "--method",
+        default="base",
+        choices=("base", *method_names()),
+        help="value of the 'method' column (base: the untrained model)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--benchmarks", nargs="*", default=None, help="subset of the profile's eval benchmarks")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     p.add_argument("--n", type=int, default=None, help="samples per problem (default: the profile's)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="response length cap (default: the profile's)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
-    p.set_defaults(func=cmd_eval)
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="data_dir=PATH, rollout.FIELD=VALUE")
 
-    p = sub.add_parser("geometry", help="Figure 3 data: Phi and semantic cosines of sampled groups, per trained policy")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--runs", required=True, help="directory holding <method>/seed<k>/final")
-    p.add_argument("--out", required=True)
-    p.add_argument("--methods", nargs="*", default=None, help="default: params.yaml's methods")
+    p = command("geometry", cmd_geometry, "Figure 3 data: Phi and semantic cosines of sampled groups per policy")
+    p.add_argument("--runs", default=None, help="directory holding <method>/seed<k>/final (default: runs/<profile>)")
+    p.add_argument("--out", default=None, help="default: artifacts/<profile>/geometry")
+    p.add_argument("--methods", nargs="*", default=None, choices=method_names(), help="default: params.yaml's methods")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="default: params.yaml's seeds")
-    p.set_defaults(func=cmd_geometry)
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="data_dir=PATH, rollout.FIELD=VALUE")
 
-    p = sub.add_parser("report", help="write results/README.md from the notebooks' tables and figures")
-    p.add_argument("--profile", default=None)
+    p = command("report", cmd_report, "write results/README.md from the notebooks' tables and figures")
     p.add_argument("--results", default="results")
-    p.set_defaults(func=cmd_report)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"g2rl {args.command}: error: {err}", file=sys.stderr)
+    except (G2RLError, OSError) as err:
+        if args.debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, OSError) and not isinstance(err, G2RLError) and err.filename:
+            message = f"{err.filename}: {err.strerror or message}"
+        print(f"g2rl {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

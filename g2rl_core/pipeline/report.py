@@ -11,17 +11,34 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from g2rl_core import paths
+from g2rl_core.config import Profile
+from g2rl_core.evaluation.metrics import bootstrap_ci
+from g2rl_core.evaluation.runner import per_problem_metrics
+from g2rl_core.maths.methods import METHODS
+from g2rl_core.maths.shaping import SHAPING_VARIANTS
 
-from g2rl_core.evaluation.metrics import bootstrap_ci  # noqa: E402
-from g2rl_core.evaluation.runner import per_problem_metrics  # noqa: E402
+#: The untrained model's row in every table and figure ("base" in the eval CSVs).
+BASE = "base"
+BASE_LABEL, BASE_COLOR = "Base model", "#7f7f7f"
 
-METHOD_LABELS = {"base": "Base model", "grpo": "GRPO", "entropy": "Entropy Bonus", "evol": "EVOL-RL", "g2rl": "G2RL"}
-METHOD_COLORS = {"base": "#7f7f7f", "grpo": "#1f77b4", "entropy": "#ff7f0e", "evol": "#2ca02c", "g2rl": "#d62728"}
+
+def method_order() -> list[str]:
+    """Row and legend order: the base model, then the methods in registry order."""
+    return [BASE, *METHODS]
+
+
+def method_label(name: str) -> str:
+    return BASE_LABEL if name == BASE else METHODS[name].label if name in METHODS else name
+
+
+def method_color(name: str) -> str | None:
+    return BASE_COLOR if name == BASE else METHODS[name].color if name in METHODS else None
+
+
 BENCHMARK_LABELS = {
     "math500": "MATH500",
     "amc23": "AMC",
@@ -199,8 +216,8 @@ def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: in
     long = metric_table(samples[samples.benchmark.isin(benchmarks)], metrics)
     paper = PAPER_TABLE1[PAPER_MODEL_FOR_PROFILE[profile]]
     rows = []
-    for method in [m for m in METHOD_LABELS if m in set(long.method)]:
-        row = {"method": METHOD_LABELS[method]}
+    for method in [m for m in method_order() if m in set(long.method)]:
+        row = {"method": method_label(method)}
         for bench in benchmarks:
             for metric in metrics:
                 hit = long[(long.method == method) & (long.benchmark == bench) & (long.metric == metric)]
@@ -222,8 +239,8 @@ def table2(
     gpqa = metric_table(samples[samples.benchmark == choice_benchmark], metrics)
     mmlu = metric_table(samples[samples.benchmark == micro_benchmark], ["pass@1"])
     rows = []
-    for method in [m for m in METHOD_LABELS if m in set(gpqa.method)]:
-        row = {"method": METHOD_LABELS[method]}
+    for method in [m for m in method_order() if m in set(gpqa.method)]:
+        row = {"method": method_label(method)}
         for metric in metrics:
             hit = gpqa[(gpqa.method == method) & (gpqa.metric == metric)]
             row[f"GPQA {metric}"] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
@@ -248,8 +265,8 @@ def band_plot(ax, frame: pd.DataFrame, x: str, y: str, methods: Sequence[str]) -
         if sub.empty:
             continue
         stats = sub.groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
-        color = METHOD_COLORS.get(method)
-        ax.plot(stats.index, stats["mean"], color=color, label=METHOD_LABELS.get(method, method))
+        color = method_color(method)
+        ax.plot(stats.index, stats["mean"], color=color, label=method_label(method))
         ax.fill_between(
             stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.15
         )
@@ -292,17 +309,17 @@ def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
         data = [pairs.loc[pairs.method == m, column].to_numpy() for m in present]
         parts = ax.violinplot(data, showmeans=True, showextrema=False)
         for body, m in zip(parts["bodies"], present):
-            body.set_facecolor(METHOD_COLORS.get(m))
+            body.set_facecolor(method_color(m))
             body.set_alpha(0.5)
-        ax.set_xticks(range(1, len(present) + 1), [METHOD_LABELS.get(m, m) for m in present])
+        ax.set_xticks(range(1, len(present) + 1), [method_label(m) for m in present])
         ax.axhline(0, color="black", lw=0.8)
         ax.set(ylabel="pairwise cosine (within problem)", title=title)
     share = pairs.assign(neg=pairs.phi_cos < 0).groupby(["method", "seed"])["neg"].mean().reset_index()
     for i, m in enumerate(present):
         values = 100 * share.loc[share.method == m, "neg"]
-        axes[2].bar(i, values.mean(), color=METHOD_COLORS.get(m), alpha=0.7)
+        axes[2].bar(i, values.mean(), color=method_color(m), alpha=0.7)
         axes[2].scatter([i] * len(values), values, color="black", s=12, zorder=3)
-    axes[2].set_xticks(range(len(present)), [METHOD_LABELS.get(m, m) for m in present])
+    axes[2].set_xticks(range(len(present)), [method_label(m) for m in present])
     axes[2].set(ylabel="negative Phi-cosine pairs (%)", title="Opposing directions (bars: mean, dots: seeds)")
     fig.tight_layout()
     return fig
@@ -321,7 +338,7 @@ def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
     rows = []
     for method in [m for m in methods if m in per_seed.index.get_level_values(0)]:
         sub = per_seed.loc[method]
-        row = {"method": METHOD_LABELS.get(method, method)}
+        row = {"method": method_label(method)}
         for column in ["phi_cos_mean", "negative_pair_share", "semantic_cos_mean"]:
             scale = 100 if column == "negative_pair_share" else 1
             vals = sub[column] * scale
@@ -367,3 +384,57 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
     out = root / "README.md"
     out.write_text("\n".join(parts))
     return out
+
+
+# --- the shaping ablation (beyond the paper) -------------------------------------------------------
+
+
+def ablation_runs(
+    params: dict, profile: Profile, runs_dir: Path | None = None, ablation_dir: Path | None = None
+) -> list[tuple[str, float, Path]]:
+    """(variant, lam, run directory) of every point: params.yaml's ``ablation`` grid (seed 0), the main
+    G2RL run (its own variant and lam) and the GRPO run, which is lam = 0 for both readings of eq. 12."""
+    shaping = profile.train_config("g2rl", 0).shaping
+    runs = [
+        (c["variant"], float(c["lam"]), paths.ablation_run_dir(profile.name, c["variant"], c["lam"], root=ablation_dir))
+        for c in params.get("ablation", [])
+    ]
+    runs.append((shaping.variant, shaping.lam, paths.run_dir(profile.name, "g2rl", 0, root=runs_dir)))
+    runs += [(v, 0.0, paths.run_dir(profile.name, "grpo", 0, root=runs_dir)) for v in SHAPING_VARIANTS]
+    return runs
+
+
+def ablation_table(runs: Sequence[tuple[str, float, Path]], val_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per (variant, lam) with the run's final validation accuracy in %, the validation curves)."""
+    rows, curves = [], []
+    for variant, lam, run in runs:
+        log = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+        val = pd.DataFrame([r for r in log if r["kind"] == "val"])
+        rows.append(
+            {
+                "variant": variant,
+                "lam": lam,
+                "final validation accuracy (%)": round(100 * val[val_key].iloc[-1], 1),
+                "run": str(run),
+            }
+        )
+        curves.append(val.assign(variant=variant, lam=lam))
+    table = pd.DataFrame(rows).drop_duplicates(["variant", "lam"]).sort_values(["variant", "lam"])
+    return table.reset_index(drop=True), pd.concat(curves, ignore_index=True)
+
+
+def ablation_figure(table: pd.DataFrame, curves: pd.DataFrame, val_key: str):
+    """Final validation accuracy against lambda per reading, and the validation curves of the shaped runs."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for variant, marker in [("equation", "o"), ("centered", "s")]:
+        sub = table[table.variant == variant]
+        axes[0].plot(sub["lam"], sub["final validation accuracy (%)"], marker=marker, label=variant)
+    axes[0].set(xlabel="lambda", ylabel=f"final validation {val_key} (%)", title="Shaping strength")
+    axes[0].legend()
+    for (variant, lam), curve in curves[curves.lam > 0].groupby(["variant", "lam"], sort=True):
+        style = "-" if variant == "equation" else "--"
+        axes[1].plot(curve["step"], 100 * curve[val_key], style, label=f"{variant}, lam={lam:g}")
+    axes[1].set(xlabel="training step", ylabel="validation accuracy (%)", title="Validation during training")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from g2rl_core.config import SFTConfig, TinyModelConfig
 from g2rl_core.evaluation.benchmarks import INSTRUCTION, choice_prompt, math_prompt
 from g2rl_core.evaluation.verifier import CHOICE_LETTERS
 
@@ -54,18 +55,9 @@ def _regex_escape(text: str) -> str:
     return "".join("\\" + c if c in r"\.^$|?*+()[]{}" else c for c in text)
 
 
-@dataclass(frozen=True)
-class TinyModelConfig:
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 256
-
-
-def build_model(tokenizer, config: TinyModelConfig = TinyModelConfig(), seed: int = 0):
+def build_model(tokenizer, config: TinyModelConfig | None = None, seed: int = 0):
     """A randomly initialised Qwen3ForCausalLM (tied embeddings) sized for a 2-core CPU."""
+    config = config or TinyModelConfig()
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -183,17 +175,6 @@ def demonstration(row: dict, rng: random.Random, error_rate: float) -> tuple[str
     letters = CHOICE_LETTERS[: len(row["choices"])]
     letter = letters[row["choices"].index(total)] if total in row["choices"] else rng.choice(letters)
     return choice_prompt(row["question"], row["choices"]), steps.rsplit("\\boxed", 1)[0] + f"\\boxed{{{letter}}}"
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 30
-    demo_error_rate: float = 0.15
-    choice_fraction: float = 0.15  # share of batches of multiple-choice demonstrations
-    seed: int = 0
 
 
 def sft(model, tokenizer, train_rows: list[dict], choice_rows: list[dict], cfg: SFTConfig) -> list[float]:

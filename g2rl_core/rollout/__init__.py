@@ -1,4 +1,4 @@
-"""Rollout back-ends: ``make_rollout(cfg, model, tokenizer)`` picks one by ``cfg.rollout``.
+"""Rollout back-ends: ``make_rollout(cfg, model, tokenizer, ...)`` picks one by ``RolloutConfig.backend``.
 
 batch.py holds the shared layout (``RolloutBatch``) and helpers; transformers_backend.py and
 vllm_backend.py implement ``RolloutBackend``.
@@ -6,6 +6,7 @@ vllm_backend.py implement ``RolloutBackend``.
 
 from __future__ import annotations
 
+from g2rl_core.config import RolloutConfig
 from g2rl_core.rollout.batch import (
     RolloutBackend,
     RolloutBatch,
@@ -32,12 +33,11 @@ __all__ = [
 ]
 
 
-def make_rollout(cfg, model, tokenizer) -> RolloutBackend:
-    """The back-end named by ``cfg.rollout``: "transformers" (default) or "vllm"."""
-    if cfg.rollout == "transformers":
-        return TransformersRollout(model, tokenizer, chat_template=cfg.chat_template, batch_size=cfg.rollout_batch_size)
-    if cfg.rollout == "vllm":
+def make_rollout(cfg: RolloutConfig, model, tokenizer, *, model_path: str, seed: int = 0) -> RolloutBackend:
+    """The back-end named by ``cfg.backend``: "transformers" samples from ``model`` itself; "vllm" loads
+    ``model_path`` into an engine and takes ``model``'s weights after every optimiser step."""
+    if cfg.backend == "vllm":
         from g2rl_core.rollout.vllm_backend import VLLMRollout
 
-        return VLLMRollout(cfg.model, tokenizer, chat_template=cfg.chat_template, seed=cfg.seed)
-    raise ValueError(f"rollout = {cfg.rollout!r} is not allowed; choose 'transformers' or 'vllm'")
+        return VLLMRollout(model_path, tokenizer, chat_template=cfg.chat_template, seed=seed)
+    return TransformersRollout(model, tokenizer, chat_template=cfg.chat_template, batch_size=cfg.batch_size)

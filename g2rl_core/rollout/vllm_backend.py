@@ -42,7 +42,7 @@ class VLLMRollout:
         except ImportError as err:
             raise ConfigError(
                 "rollout = 'vllm' but vllm is not importable in this environment; use the vLLM environment "
-                "(bash scripts/setup_extra.sh vllm, then .venv-vllm/bin/g2rl ...) or set rollout=transformers"
+                "(bash scripts/setup_extra.sh vllm, then .venv-vllm/bin/g2rl ...) or set rollout.backend=transformers"
             ) from err
 
         self.tokenizer, self.chat_template = tokenizer, chat_template

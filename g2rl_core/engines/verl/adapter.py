@@ -10,39 +10,16 @@ rewards. This module holds the keys they share and the pure shaping step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from g2rl_core.config import ConfigError
-from g2rl_core.maths.shaping import NU_NORMALIZATIONS, SHAPING_VARIANTS, exploration_scores, shape_rewards
+from g2rl_core.maths.shaping import ShapingConfig, exploration_scores, shape_rewards
 
 #: Batch field holding Phi [B, d] per response, next to verl's ``log_probs`` and ``entropy``.
 PHI_KEY = "g2rl_phi"
 #: Non-tensor flag on a batch: the actor engine computes Phi in this log-prob pass.
 PHI_FLAG = "calculate_g2rl_phi"
-
-
-@dataclass(frozen=True)
-class ShapingConfig:
-    """The ``g2rl:`` block of a verl config (eq. 9-13); build it with ``config.from_mapping``."""
-
-    lam: float = 1.0
-    variant: str = "equation"
-    normalize: str = "minmax"
-    clip: float | None = 3.0
-
-    def __post_init__(self):
-        if self.lam < 0:
-            raise ConfigError(f"lam must be >= 0, got {self.lam}")
-        if self.variant not in SHAPING_VARIANTS:
-            raise ConfigError(f"variant must be one of {SHAPING_VARIANTS}, got {self.variant!r}")
-        if self.normalize not in NU_NORMALIZATIONS:
-            raise ConfigError(f"normalize must be one of {NU_NORMALIZATIONS}, got {self.normalize!r}")
-        if self.clip is not None and self.clip <= 0:
-            raise ConfigError(f"clip must be > 0 or null, got {self.clip}")
 
 
 def last_token_index(response_mask: Tensor) -> Tensor:
@@ -74,7 +51,7 @@ def shape_outcome_scores(
         idx = torch.as_tensor(np.nonzero(uid == group)[0], device=rewards.device)
         r, f = rewards[idx].unsqueeze(0), phi[idx].unsqueeze(0)
         nu = exploration_scores(f, r)
-        shaped[idx] = shape_rewards(r, nu, lam=cfg.lam, variant=cfg.variant, clip=cfg.clip, normalize=cfg.normalize)[0]
+        shaped[idx] = shape_rewards(r, nu, **cfg.kwargs())[0]
         nu_all[idx] = nu[0]
     out = torch.zeros_like(token_scores, dtype=torch.float32)
     out[torch.arange(len(shaped)), last_token_index(response_mask)] = shaped

@@ -29,8 +29,9 @@ from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 from verl.workers.utils.padding import response_to_nested
 
 from g2rl_core.config import from_mapping
-from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, ShapingConfig, shape_outcome_scores
+from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, shape_outcome_scores
 from g2rl_core.engines.verl.engine import G2RLActorRolloutRefWorker
+from g2rl_core.maths.shaping import ShapingConfig
 
 VERIFIER_SCORES_KEY = "rm_scores"
 ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
