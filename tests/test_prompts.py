@@ -1,11 +1,17 @@
-"""The SimpleRL-Zoo prompt, rendered through a Qwen3-style chat template built offline."""
+"""The prompts: SimpleRL-Zoo's template through a Qwen3-style chat template built offline, and their order."""
+
+import os
+import random
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import tiny_qwen3
 
-from g2rl_core.errors import G2RLError
+from g2rl_core.errors import ConfigError, G2RLError
 from g2rl_core.evaluation.benchmarks import choice_prompt, math_prompt
+from g2rl_core.prompt_order import epoch_order, step_prompts
 from g2rl_core.rollout import TransformersRollout
 from g2rl_core.rollout.batch import encode_prompts, format_prompt, prompt_messages
 
@@ -120,3 +126,98 @@ def test_transformers_rollout_feeds_the_rendered_prompt():
     for row, row_mask in zip(batch.prompt_ids, batch.prompt_mask):
         assert tokenizer.decode(row[row_mask.bool()].tolist()) == QWEN_BOXED.format(input="1+1?")
     assert torch.equal(batch.prompt_ids[0], batch.prompt_ids[1])
+
+
+# --- prompt order: seeded, shuffled epochs (verl's walk), a pure function of (seed, step) ------------
+
+
+def _uninterrupted_walk(n_prompts, per_step, seed, steps):
+    """What one uninterrupted run draws: a dataloader over shuffled epochs, last partial batch dropped."""
+    drawn, epoch = [], 0
+    while len(drawn) < steps:
+        order = epoch_order(n_prompts, seed, epoch)
+        for lo in range(0, n_prompts - per_step + 1, per_step):
+            drawn.append(order[lo : lo + per_step])
+        epoch += 1
+    return drawn[:steps]
+
+
+def test_every_prompt_once_per_epoch():
+    n, per_step = 12, 4  # 3 steps per epoch
+    for epoch in range(3):
+        steps = range(3 * epoch, 3 * epoch + 3)
+        seen = [i for s in steps for i in step_prompts(n, per_step, seed=0, step=s)]
+        assert sorted(seen) == list(range(n))
+    assert step_prompts(n, per_step, 0, 0) + step_prompts(n, per_step, 0, 1) != step_prompts(
+        n, per_step, 0, 3
+    ) + step_prompts(n, per_step, 0, 4)  # each epoch is shuffled afresh
+
+
+def test_last_partial_batch_is_dropped_like_verl():
+    n, per_step = 10, 4  # 2 steps per epoch; 2 prompts left over each epoch
+    epoch0 = step_prompts(n, per_step, 5, 0) + step_prompts(n, per_step, 5, 1)
+    assert len(set(epoch0)) == 8 and epoch0 == epoch_order(n, 5, 0)[:8]
+    assert step_prompts(n, per_step, 5, 2) == epoch_order(n, 5, 1)[:4]  # step 2 opens epoch 1
+
+
+def test_paper_scale_run_repeats_no_prompt():
+    # MATH train (7,500 problems), 16 prompts a step, 200 steps: 3,200 draws inside one epoch.
+    drawn = [i for s in range(200) for i in step_prompts(7500, 16, seed=0, step=s)]
+    assert len(drawn) == 3200 and len(set(drawn)) == 3200
+
+
+def test_resume_at_any_step_draws_what_an_uninterrupted_run_would():
+    n, per_step, seed, steps = 23, 5, 7, 40  # 4 steps per epoch, 10 epochs
+    reference = _uninterrupted_walk(n, per_step, seed, steps)
+    for resume_at in (0, 1, 3, 4, 17, 39):
+        random.seed(resume_at)  # other code touching the global RNGs must not matter
+        torch.manual_seed(resume_at)
+        resumed = [step_prompts(n, per_step, seed, s) for s in range(resume_at, steps)]
+        assert resumed == reference[resume_at:]
+
+
+def test_order_does_not_depend_on_the_process():
+    code = "from g2rl_core.prompt_order import step_prompts; print(step_prompts(100, 8, 3, 25))"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(h)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for h in (1, 2)
+    }
+    assert outputs == {str(step_prompts(100, 8, 3, 25))}
+
+
+def test_different_seeds_walk_different_orders():
+    assert epoch_order(7500, 0, 0) != epoch_order(7500, 1, 0)
+    assert step_prompts(7500, 16, 0, 0) != step_prompts(7500, 16, 1, 0)
+    assert sorted(epoch_order(7500, 1, 0)) == list(range(7500))
+
+
+def test_more_prompts_per_step_than_problems_is_a_config_error():
+    with pytest.raises(ConfigError, match="prompts_per_step = 9"):
+        step_prompts(8, 9, 0, 0)
+
+
+def test_trainer_rollout_walks_the_epochs(tiny_base, tmp_path):
+    from g2rl_core.config import load_profile
+    from g2rl_core.engines.native import Trainer
+
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 3)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.backend.generate = lambda prompts, **kw: prompts  # only the prompt choice is under test
+    n, per_step = len(trainer.train_problems), cfg.prompts_per_step
+    per_epoch = n // per_step
+    ids = []
+    for step in [*range(per_epoch), per_epoch + 2]:
+        trainer.step = step
+        problems, prompts = trainer.rollout()
+        assert prompts == [p.prompt for p in problems]
+        expected = [trainer.train_problems[i].id for i in step_prompts(n, per_step, 3, step)]
+        assert [p.id for p in problems] == expected
+        if step < per_epoch:
+            ids.extend(p.id for p in problems)
+    assert len(ids) == len(set(ids)) == per_epoch * per_step  # no prompt twice in an epoch

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +44,7 @@ from g2rl_core.maths.features import (
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
+from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
 
 
@@ -140,7 +140,8 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
     def rollout(self) -> tuple[list, RolloutBatch]:
         cfg = self.cfg
-        problems = random.Random(step_seed(cfg.seed, self.step)).sample(self.train_problems, cfg.prompts_per_step)
+        order = step_prompts(len(self.train_problems), cfg.prompts_per_step, cfg.seed, self.step)  # shuffled epochs
+        problems = [self.train_problems[i] for i in order]
         batch = self.backend.generate(
             [p.prompt for p in problems],
             n=cfg.rollouts_per_prompt,
