@@ -3,9 +3,9 @@
 Read top to bottom; the maths lives in ``features`` / ``shaping`` and each method's
 reward transform in ``methods.METHODS``. Design choices:
 
-- A step samples ``prompts_per_step`` prompts and ``rollouts_per_prompt`` responses each.
-  Prompt choice and sampling are seeded by (seed, step), so a resumed run draws exactly
-  what an uninterrupted one would.
+- A step takes ``prompts_per_step`` prompts from seeded, shuffled epochs over the training set
+  (``prompt_order``, as verl's dataloader) and samples ``rollouts_per_prompt`` responses each.
+  Both depend only on (seed, step), so a resumed run draws exactly what an uninterrupted one would.
 - Rewards are +1 / -1 from the verifier (no parsable answer: -1).
 - ONE old-policy pass gives the log-probs, entropies and Phi of every response, for every
   method, so geometry (nu, Phi cosines) is logged for all of them.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -46,6 +45,7 @@ from g2rl_core.maths.losses import ppo_clip_loss
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
+from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
 
 
@@ -135,7 +135,8 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
     def rollout(self) -> tuple[list, RolloutBatch]:
         cfg = self.cfg
-        problems = random.Random(step_seed(cfg.seed, self.step)).sample(self.train_problems, cfg.prompts_per_step)
+        order = step_prompts(len(self.train_problems), cfg.prompts_per_step, cfg.seed, self.step)  # shuffled epochs
+        problems = [self.train_problems[i] for i in order]
         batch = self.backend.generate(
             [p.prompt for p in problems],
             n=cfg.rollouts_per_prompt,

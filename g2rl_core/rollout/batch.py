@@ -18,6 +18,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from g2rl_core.errors import ConfigError
+
 
 @dataclass
 class RolloutBatch:
@@ -37,15 +39,49 @@ class RolloutBackend(Protocol):
     def sync_weights(self, model: torch.nn.Module) -> None: ...
 
 
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """The chat of one problem in SimpleRL-Zoo's ``qwen-boxed`` template: a system turn and a user turn.
+
+    Source: repository hkust-nlp/simpleRL-reason, file examples/simplelr_math_eval/utils.py at
+    commit cf1c7858bfc145a27aa733e75d930d34f0d318a6, ``PROMPT_TEMPLATES["qwen-boxed"]``, the
+    template its README uses for the Qwen base models (the "complex prompts (qwen)" format of its
+    training data). Rendered by a Qwen chat template it reads::
+
+        <|im_start|>system
+        You are a helpful assistant.<|im_end|>
+        <|im_start|>user
+        {question}
+        Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>
+        <|im_start|>assistant
+
+    ``prompt`` is ``Problem.prompt``: the question (stripped; multiple choice with its lettered
+    options) and the instruction on its own line, as ``evaluation.benchmarks`` writes it.
+    """
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+
+
 def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
-    """The prompt text, wrapped in the tokenizer's chat template when asked (SimpleRL-Zoo style)."""
+    """THE prompt text every engine feeds the policy (native trainer, eval, TRL, verl).
+
+    ``chat_template`` on: ``prompt_messages(prompt)`` rendered by the tokenizer's chat template
+    with the generation prompt (``<|im_start|>assistant\\n`` for Qwen3; no thinking switch is
+    passed, so a Qwen3 template adds no empty think block). Off (the tiny profile, whose
+    tokenizer has no template): the bare ``prompt``. An engine that tokenizes prompts itself
+    takes this text as a plain string prompt (TRL applies no template to strings); one that
+    insists on chat messages and applies the same tokenizer's template (verl's RLHFDataset)
+    takes ``prompt_messages(prompt)``, which renders to this same text.
+    """
     if not chat_template:
         return prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("chat_template=True but the tokenizer has no chat template; set chat_template: false")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+        raise ConfigError(
+            f"chat_template: true, but the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r} has no chat "
+            "template; set rollout.chat_template: false or use a model that ships one"
+        )
+    return tokenizer.apply_chat_template(prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
 
 
 def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> tuple[Tensor, Tensor]:
