@@ -70,6 +70,7 @@ class TrainConfig:
     val_problems: int = 32
     val_samples: int = 8
     checkpoint_every: int = 10
+    keep_checkpoints: int = 1  # newest checkpoints kept in <out>/checkpoints (>= 1; may change on resume)
     threads: int | None = None
 
     def __post_init__(self) -> None:
