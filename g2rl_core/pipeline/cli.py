@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from g2rl_core.config import METHOD_NAMES, ConfigError, from_mapping, load_profile, parse_overrides
+from g2rl_core.errors import G2RLError
+from g2rl_core.runlock import run_lock
 
 
 def cmd_sft(args) -> None:
@@ -65,9 +67,10 @@ def cmd_train(args) -> None:
         train_with_trl(cfg, args.out)
         print(f"final model: {Path(args.out) / 'final'}")
         return
-    if args.on_config_change == "restart":
-        Trainer.discard_stale_checkpoint(cfg, args.out)
-    final = Trainer(cfg, args.out).train()
+    with run_lock(args.out):  # before anything is read or deleted: a second process fails at once
+        if args.on_config_change == "restart":
+            Trainer.discard_stale_checkpoint(cfg, args.out)
+        final = Trainer(cfg, args.out).train()
     print(f"final model: {final}")
 
 
@@ -268,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (G2RLError, FileNotFoundError) as err:
         print(f"g2rl {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
