@@ -241,6 +241,7 @@ class TrainConfig:
     val_problems: int = 32  # first N problems of val_data
     val_samples: int = 8  # samples per validation problem (mean@k)
     checkpoint_every: int = 10  # steps between checkpoints
+    keep_checkpoints: int = 1  # newest checkpoints kept in <out>/checkpoints (>= 1; may change on resume)
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
     def __post_init__(self) -> None:
@@ -262,6 +263,7 @@ class TrainConfig:
             "val_problems",
             "val_samples",
             "checkpoint_every",
+            "keep_checkpoints",
             "temperature",
             "val_temperature",
             "lr",

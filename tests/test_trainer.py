@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from g2rl_core.config import ConfigError, TrainConfig, from_mapping, load_profile, parse_overrides
+from g2rl_core.engines.checkpoint import latest_checkpoint, read_manifest
 from g2rl_core.engines.native import Trainer
 from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.maths.losses import k3_kl
@@ -75,13 +76,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not (killed / "checkpoint.pt").exists():
+    while latest_checkpoint(killed / "checkpoints") is None:
         assert proc.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = torch.load(killed / "checkpoint.pt", weights_only=False)
+    state = read_manifest(latest_checkpoint(killed / "checkpoints"))
     assert state["step"] < 12 and not (killed / "final").exists(), "the kill did not land mid-run"
 
     subprocess.run(_cli(params, "train", "--method", "g2rl", "--out", str(killed)), check=True, capture_output=True)
@@ -174,3 +175,72 @@ def test_k3_kl_is_non_negative_and_zero_at_equality():
     logp = torch.randn(50)
     assert torch.all(k3_kl(logp, logp) == 0)
     assert torch.all(k3_kl(logp, logp + torch.randn(50)) >= 0)
+
+
+# --- run-directory safety (issue 16 items 2-4 and 9, issue 14 item 6) ----------------------------
+def test_non_finite_grad_norm_stops_the_run_before_it_checkpoints(tiny_base, tmp_path, monkeypatch):
+    from g2rl_core.engines.checkpoint import NonFiniteError, latest_checkpoint
+
+    update = Trainer.update
+
+    def diverging(self, *args):
+        return {**update(self, *args), "grad_norm": float("nan")}
+
+    monkeypatch.setattr(Trainer, "update", diverging)
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=2, checkpoint_every=1)
+    with pytest.raises(NonFiniteError, match=r"^step 1: grad_norm = nan is not finite; the run stopped before"):
+        Trainer(cfg, tmp_path).train()
+    assert latest_checkpoint(tmp_path / "checkpoints") is None
+
+
+def test_non_finite_weights_stop_the_run_before_it_checkpoints(tiny_base, tmp_path, monkeypatch):
+    from g2rl_core.engines.checkpoint import NonFiniteError, latest_checkpoint
+
+    update = Trainer.update
+
+    def poisoning(self, *args):
+        stats = update(self, *args)
+        if self.step == 1:  # the second step's update leaves a NaN weight behind finite statistics
+            with torch.no_grad():
+                self.model.model.norm.weight[0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(Trainer, "update", poisoning)
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=3, checkpoint_every=1)
+    with pytest.raises(NonFiniteError, match=r"^step 2: parameter model.norm.weight is not finite") as err:
+        Trainer(cfg, tmp_path).train()
+    assert "step-00000001" in str(err.value)
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000001"
+
+
+def test_resume_drops_a_torn_log_line_and_refuses_a_damaged_checkpoint(tiny_base, tmp_path):
+    from g2rl_core.engines.checkpoint import CheckpointError, latest_checkpoint
+
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=3, checkpoint_every=3)
+    Trainer(cfg, tmp_path).train()
+    before = (tmp_path / "log.jsonl").read_text()
+    with (tmp_path / "log.jsonl").open("a") as fh:
+        fh.write('{"kind": "train", "step": 4, "reward_me')  # a kill in the middle of a write
+    Trainer(cfg, tmp_path).train()
+    assert (tmp_path / "log.jsonl").read_text() == before
+
+    weights = latest_checkpoint(tmp_path / "checkpoints") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x10
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"checkpoint file {weights} fails its sha256 check"):
+        Trainer(cfg, tmp_path).train()
+
+
+def test_old_pickle_checkpoint_is_refused_without_running_it(tiny_base, tmp_path):
+    from g2rl_core.engines.checkpoint import CheckpointError
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "marker"), "w"))
+
+    torch.save({"step": 3, "model": Payload()}, tmp_path / "checkpoint.pt")
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=3)
+    with pytest.raises(CheckpointError, match="checkpoint.pt is a checkpoint in the old one-pickle format"):
+        Trainer(cfg, tmp_path).train()
+    assert not (tmp_path / "marker").exists()

@@ -15,15 +15,17 @@ reward transform in ``methods.METHODS``. Design choices:
   token-mean over each mini-batch. A mini-batch is ``ppo_mini_batch_size`` prompts (all their
   responses) and is one optimiser step; micro-batches of ``ppo_micro_batch_size`` responses
   accumulate gradients. Learning rate: linear warm-up, then constant (verl's default).
-- Every ``checkpoint_every`` steps the weights, optimiser and scheduler are written
-  atomically; ``train`` resumes from the checkpoint in ``out`` and drops log rows past it.
+- Every ``checkpoint_every`` steps a checkpoint is written (``engines.checkpoint``: safetensors
+  weights, weights-only state, config sidecar, sha256 manifest, atomic, the last
+  ``keep_checkpoints`` kept); ``train`` holds ``out``'s run lock, resumes from the newest
+  checkpoint and drops log rows past it, and stops before checkpointing if a step's loss,
+  gradient norm or weights are not finite.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from g2rl_core.config import ConfigError, TrainConfig
+from g2rl_core.engines import checkpoint as ckpt
+from g2rl_core.errors import G2RLError
 from g2rl_core.evaluation.benchmarks import load_problems
 from g2rl_core.evaluation.runner import mean_accuracy, sample_and_score
 from g2rl_core.evaluation.verifier import verify
@@ -47,6 +51,7 @@ from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
 from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
+from g2rl_core.runlock import run_lock
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -78,59 +83,75 @@ class Trainer:
         )
         self.step = 0
 
-    # --- checkpoints ------------------------------------------------------------------------
+    # --- checkpoints (layout and guarantees: g2rl_core.engines.checkpoint) -------------------------
     @property
-    def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+    def checkpoints_dir(self) -> Path:
+        return self.out / ckpt.CHECKPOINTS
 
     @property
     def log_path(self) -> Path:
         return self.out / "log.jsonl"
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> Path:
+        """Weights (safetensors), step/optimiser/scheduler/RNG (read back weights-only), config JSON, sha256s."""
         state = {
-            "step": self.step,
-            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "config": self.cfg.to_dict(),
+            "rng": ckpt.capture_rng(),
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)  # atomic: a kill leaves the old or the new one
+        return ckpt.save_checkpoint(
+            self.checkpoints_dir, self.step, self.model, state, self.cfg.to_dict(), keep=self.cfg.keep_checkpoints
+        )
 
     @staticmethod
     def discard_stale_checkpoint(cfg: TrainConfig, out: str | Path) -> bool:
-        """Delete the checkpoint and log in ``out`` if they were written with another config."""
-        checkpoint = Path(out) / "checkpoint.pt"
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["config"] != cfg.to_dict():
-            checkpoint.unlink()
-            (Path(out) / "log.jsonl").unlink(missing_ok=True)
-            return True
-        return False
+        """Delete the checkpoints and log in ``out`` if they were written with another config (or format).
+
+        Reads only the checkpoint's config sidecar (checked against its sha256).
+        """
+        out = Path(out)
+        if not out.is_dir():
+            return False
+        with run_lock(out):
+            legacy = out / ckpt.LEGACY_NAME
+            latest = ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS)
+            stale = legacy.exists() or (
+                latest is not None and bool(ckpt.config_differences(ckpt.read_config(latest), cfg.to_dict()))
+            )
+            if stale:
+                legacy.unlink(missing_ok=True)
+                ckpt.remove_checkpoints(out / ckpt.CHECKPOINTS)
+                (out / "log.jsonl").unlink(missing_ok=True)
+            return stale
 
     def maybe_resume(self) -> None:
-        if not self.checkpoint_path.exists():
+        """Resume from the newest checkpoint in ``out`` (verified); drop log rows written after it."""
+        legacy = self.out / ckpt.LEGACY_NAME
+        if legacy.exists():
+            raise ckpt.legacy_checkpoint_error(legacy)
+        ckpt.clean_partial(self.checkpoints_dir)
+        latest = ckpt.latest_checkpoint(self.checkpoints_dir)
+        if latest is None:
             self.log_path.unlink(missing_ok=True)  # killed before the first checkpoint: start afresh
             return
-        state = torch.load(self.checkpoint_path, weights_only=False)
-        if state["config"] != self.cfg.to_dict():
-            changed = sorted(k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k))
-            raise ConfigError(
-                f"{self.checkpoint_path} was written with a different config (fields {changed}); use a new --out"
-            )
-        self.model.load_state_dict(state["model"])
+        changed = ckpt.config_differences(ckpt.read_config(latest), self.cfg.to_dict())
+        if changed:
+            raise ConfigError(f"{latest} was written with a different config (fields {changed}); use a new --out")
+        state = ckpt.load_checkpoint(latest, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng(state["rng"])
         self.step = state["step"]
         self.backend.sync_weights(self.model)
         if self.log_path.exists():  # rows written after the checkpoint will be written again
-            rows = [line for line in self.log_path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            self.log_path.write_text("".join(r + "\n" for r in rows))
+            ckpt.truncate_log(self.log_path, self.step)
 
     def log(self, row: dict) -> None:
-        with self.log_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise G2RLError(f"cannot append to {self.log_path}: {err.strerror or err}; free disk space") from None
 
     # --- one step -----------------------------------------------------------------------------
     def rollout(self) -> tuple[list, RolloutBatch]:
@@ -273,10 +294,18 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> Path:
-        """Run (or resume) to ``cfg.steps``; returns the directory of the final model."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Run (or resume) to ``cfg.steps``; returns the directory of the final model.
+
+        Holds the run lock on ``out`` throughout; stops with ``NonFiniteError`` (before checkpointing)
+        when a step's loss, gradient norm or weights are not finite.
+        """
+        ckpt.check_keep(self.cfg.keep_checkpoints)
+        with run_lock(self.out):
+            return self._train_locked()
+
+    def _train_locked(self) -> Path:
         self.maybe_resume()
-        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        ckpt.atomic_write_bytes(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=1).encode())
         bar = tqdm(
             total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.method} seed {self.cfg.seed}", unit="step"
         )
@@ -285,6 +314,7 @@ class Trainer:
         while self.step < self.cfg.steps:
             row = self.train_step()
             self.log(row)
+            ckpt.raise_if_non_finite(row, self.model, ckpt.latest_checkpoint(self.checkpoints_dir))
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 self.log(self.validate())
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:

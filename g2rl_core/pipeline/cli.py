@@ -38,6 +38,7 @@ from g2rl_core.config import (
     parse_overrides,
 )
 from g2rl_core.errors import ConfigError, G2RLError
+from g2rl_core.runlock import run_lock
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -137,9 +138,10 @@ def cmd_train(args) -> None:
         return
     from g2rl_core.engines.native import Trainer
 
-    if args.on_config_change == "restart":
-        Trainer.discard_stale_checkpoint(cfg, out)
-    final = Trainer(cfg, out).train()
+    with run_lock(out):  # before anything is read or deleted: a second process fails at once
+        if args.on_config_change == "restart":
+            Trainer.discard_stale_checkpoint(cfg, out)
+        final = Trainer(cfg, out).train()
     print(f"final model: {final}")
 
 
