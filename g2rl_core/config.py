@@ -222,6 +222,7 @@ class TrainConfig:
     use_kl_loss: bool = True  # k3 KL to the frozen reference in the loss (eq. 4)
     kl_coef: float = 0.001
     clip_ratio: float = 0.2  # PPO epsilon
+    dual_clip_ratio: float = 3.0  # dual-clip bound c for negative advantages (> 1; verl's clip_ratio_c)
     loss_agg_mode: str = "token-mean"
     temperature: float = 1.0  # sampling temperature of training rollouts (and of the log-prob passes)
     val_temperature: float = 0.8
@@ -274,6 +275,8 @@ class TrainConfig:
             self, "lr_warmup_steps", "weight_decay", "grad_clip", "kl_coef", "clip_ratio", "entropy_coeff", "seed"
         )
         _check_unit_interval(self, "top_p")
+        if self.dual_clip_ratio <= 1:
+            raise ConfigError(f"dual_clip_ratio = {self.dual_clip_ratio!r} must be > 1")
         if self.prompts_per_step % self.ppo_mini_batch_size:
             raise ConfigError(
                 f"ppo_mini_batch_size = {self.ppo_mini_batch_size} must divide "

@@ -100,3 +100,25 @@ def test_token_mean_over_a_mini_batch_spread_across_micro_batches():
         for r in (slice(0, 1), slice(1, 3), slice(3, 4))
     ]
     assert sum(parts) != pytest.approx(whole.item())
+
+
+def test_dual_clip_bounds_negative_advantages_and_the_log_ratio_is_clamped():
+    # ratio = 5 (log 5) with A = -1: PPO-clip gives max(5, clip(5) = 1.2) = 5; dual clip c = 3 bounds it at 3.
+    logp = torch.tensor([[math.log(5.0), math.log(5.0)]], dtype=torch.float64).requires_grad_(True)
+    old = torch.zeros(1, 2, dtype=torch.float64)
+    mask = torch.ones(1, 2)
+    adv = torch.tensor([[-1.0, 1.0]], dtype=torch.float64)  # per-token advantages: one negative, one positive
+    plain, _ = ppo_clip_loss(logp, old, adv, mask, clip_ratio=0.2)
+    dual, _ = ppo_clip_loss(logp, old, adv, mask, clip_ratio=0.2, dual_clip_ratio=3.0)
+    # token 0: 5 -> 3 under the dual clip; token 1 (A > 0): max(-5, -1.2) = -1.2 either way.
+    assert plain.item() == pytest.approx((5.0 - 1.2) / 2)
+    assert dual.item() == pytest.approx((3.0 - 1.2) / 2)
+    dual.backward()
+    torch.testing.assert_close(logp.grad, torch.zeros(1, 2, dtype=torch.float64))  # both tokens are clipped
+    with pytest.raises(ValueError, match="dual_clip_ratio"):
+        ppo_clip_loss(logp, old, adv, mask, clip_ratio=0.2, dual_clip_ratio=1.0)
+    # log r = 50 is clamped to 20 before exp: finite, and equal to the loss at log r = 20.
+    huge, _ = ppo_clip_loss(
+        torch.full((1, 1), 50.0), torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), clip_ratio=0.2
+    )
+    assert huge.item() == pytest.approx(math.exp(20.0))

@@ -10,8 +10,9 @@ reward transform in ``methods.METHODS``. Design choices:
 - ONE old-policy pass gives the log-probs, entropies and Phi of every response, for every
   method, so geometry (nu, Phi cosines) is logged for all of them.
 - Advantages come from the method registry, one scalar per response, broadcast to tokens.
-- Loss (eq. 4): PPO clipped surrogate with ratio pi_theta / pi_old, plus kl_coef * k3 KL to
-  the frozen reference (verl's low_var_kl), minus entropy_coeff * entropy for ``entropy``;
+- Loss (eq. 4, ``maths.losses.ppo_clip_loss``): PPO clipped surrogate with ratio pi_theta / pi_old
+  and verl's dual clip for negative advantages, plus kl_coef * k3 KL to the frozen reference
+  (verl's low_var_kl), minus entropy_coeff * entropy for methods with an entropy bonus;
   token-mean over each mini-batch. A mini-batch is ``ppo_mini_batch_size`` prompts (all their
   responses) and is one optimiser step; micro-batches of ``ppo_micro_batch_size`` responses
   accumulate gradients. Learning rate: linear warm-up, then constant (verl's default).
@@ -206,6 +207,7 @@ class Trainer:
                         advantages[rows],
                         batch.response_mask[rows],
                         clip_ratio=cfg.clip_ratio,
+                        dual_clip_ratio=cfg.dual_clip_ratio,
                         ref_logp=None if ref_logprobs is None else ref_logprobs[rows],
                         kl_coef=cfg.kl_coef,
                         entropy=entropy if self.method.uses_entropy_bonus else None,

@@ -39,6 +39,7 @@ VERL_KEYS = {
     "use_kl_loss": "actor_rollout_ref.actor.use_kl_loss",
     "kl_coef": "actor_rollout_ref.actor.kl_loss_coef",
     "clip_ratio": "actor_rollout_ref.actor.clip_ratio",
+    "dual_clip_ratio": "actor_rollout_ref.actor.clip_ratio_c",
     "loss_agg_mode": "actor_rollout_ref.actor.loss_agg_mode",
     "steps": "trainer.total_training_steps",
     "val_every": "trainer.test_freq",
