@@ -165,19 +165,63 @@ def load_logs(runs_dir: str | Path, methods: Sequence[str], seeds: Sequence[int]
 # --- tables ----------------------------------------------------------------------------------------
 
 
+def seed_averaged_metrics(run_samples: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, int]:
+    """(rows (metric, problem_id, value) averaged over seeds, number of seeds) of one method on one benchmark."""
+    ks = sorted({int(m.split("@")[1].split("_")[0]) for m in metrics if "@" in m})
+    per_seed = [
+        per_problem_metrics(run, ks, seed=int(seed)).assign(seed=seed) for seed, run in run_samples.groupby("seed")
+    ]
+    averaged = pd.concat(per_seed).groupby(["metric", "problem_id"])["value"].mean().reset_index()
+    return averaged, len(per_seed)
+
+
+def paired_differences(
+    samples: pd.DataFrame, metrics: Sequence[str], *, baseline: str = "grpo", n_resamples: int = 2000
+) -> pd.DataFrame:
+    """Each method minus ``baseline`` per benchmark and metric, in points, with a paired bootstrap CI.
+
+    Per problem, the metric is averaged over each method's seeds (seeds pooled); the difference of
+    the two methods is taken per problem, and the problems are resampled (paired: both methods keep
+    the same problems). ``significant`` is True when the 95% interval excludes 0.
+    """
+    rows = []
+    for benchmark, bench in samples.groupby("benchmark", sort=False):
+        if baseline not in set(bench.method):
+            continue
+        base, _ = seed_averaged_metrics(bench[bench.method == baseline], metrics)
+        for method in [m for m in METHODS if m != baseline and m in set(bench.method)]:
+            other, seeds = seed_averaged_metrics(bench[bench.method == method], metrics)
+            joined = other.merge(base, on=["metric", "problem_id"], suffixes=("", "_base"))
+            for metric in metrics:
+                diff = joined.loc[joined.metric == metric, "value"] - joined.loc[joined.metric == metric, "value_base"]
+                if diff.empty:
+                    continue
+                mean, low, high = bootstrap_ci(diff.tolist(), n_resamples=n_resamples)
+                rows.append(
+                    {
+                        "method": method_label(method),
+                        "baseline": method_label(baseline),
+                        "benchmark": BENCHMARK_LABELS.get(benchmark, benchmark),
+                        "metric": metric,
+                        "difference": round(100 * mean, 1),
+                        "ci_low": round(100 * low, 1),
+                        "ci_high": round(100 * high, 1),
+                        "significant": bool(low > 0 or high < 0),
+                        "problems": len(diff),
+                        "seeds": seeds,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: int = 2000) -> pd.DataFrame:
     """Rows (method, benchmark, metric, value, ci_low, ci_high, seeds, problems) in percent.
 
     Per seed, per-problem metrics; averaged over seeds per problem; bootstrap over problems.
     """
-    ks = sorted({int(m.split("@")[1].split("_")[0]) for m in metrics if "@" in m})
     rows = []
     for (method, benchmark), group in samples.groupby(["method", "benchmark"], sort=False):
-        per_seed = []
-        for seed, run in group.groupby("seed"):
-            values = per_problem_metrics(run, ks, seed=int(seed))
-            per_seed.append(values.assign(seed=seed))
-        per_problem = pd.concat(per_seed).groupby(["metric", "problem_id"])["value"].mean().reset_index()
+        per_problem, seeds = seed_averaged_metrics(group, metrics)
         for metric in metrics:
             values = per_problem.loc[per_problem.metric == metric, "value"].tolist()
             if not values:
@@ -191,7 +235,7 @@ def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: 
                     "value": 100 * mean,
                     "ci_low": 100 * low,
                     "ci_high": 100 * high,
-                    "seeds": len(per_seed),
+                    "seeds": seeds,
                     "problems": len(values),
                 }
             )
@@ -224,7 +268,7 @@ def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: in
                 label = f"{BENCHMARK_LABELS.get(bench, bench)} {metric}"
                 row[label] = format_cell(*hit[["value", "ci_low", "ci_high"]].iloc[0]) if len(hit) else "n/a"
             paper_values = paper.get(method, {}).get(bench)
-            row[f"{BENCHMARK_LABELS.get(bench, bench)} paper"] = (
+            row[f"{BENCHMARK_LABELS.get(bench, bench)} paper ({PAPER_MODEL_FOR_PROFILE[profile]})"] = (
                 " / ".join(f"{v:.1f}" for v in paper_values) if paper_values else "n/a"
             )
         rows.append(row)
@@ -326,9 +370,10 @@ def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
 
 
 def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Our mean Phi cosine, negative-pair share and semantic cosine per method (mean and range over seeds).
+    """Our mean Phi cosine, negative-pair share and semantic cosine per method, beside the paper's.
 
-    Beside the paper's values.
+    Each cell is the mean over seeds with [min, max] over seeds in brackets (not a confidence
+    interval). The paper does not name the model size of its Figure 3.
     """
     per_seed = pairs.groupby(["method", "seed"]).agg(
         phi_cos_mean=("phi_cos", "mean"),
@@ -348,11 +393,52 @@ def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
                 else f"{vals.mean():.2f}% [{vals.min():.2f}, {vals.max():.2f}]"
             )
             paper = PAPER_FIG3[column].get(method)
-            row[f"paper {column}"] = (
+            row[f"paper {column} (model size not stated)"] = (
                 "n/a" if paper is None else (f"{paper:.3f}" if scale == 1 else f"{100 * paper:.2f}%")
             )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def significance_summary(folder: Path) -> list[str]:
+    """The "what the results show" section, read from the paired comparisons and Figure 3's numbers."""
+    parts = ["## What these results show\n"]
+    frames = [pd.read_csv(f) for f in sorted(folder.glob("*_vs_grpo.csv")) if f.stat().st_size > 1]
+    if frames:
+        diffs = pd.concat(frames, ignore_index=True)
+        significant = diffs[diffs.significant]
+        parts.append(
+            f"Against GRPO (paired bootstrap over problems, seeds pooled): {len(significant)} of {len(diffs)} "
+            "differences have a 95% interval that excludes 0"
+            + (":" if len(significant) else "; every other difference is within noise.")
+        )
+        for row in significant.itertuples(index=False):
+            parts.append(
+                f"- {row.method} vs {row.baseline}, {row.benchmark} {row.metric}: "
+                f"{row.difference:+.1f} points [{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
+            )
+        parts.append("")
+    geometry = folder / "fig3_geometry.csv"
+    if geometry.exists():
+        table = pd.read_csv(geometry)
+        grpo = table[table.method == method_label("grpo")]
+        if len(grpo):
+            cosine = float(str(grpo.phi_cos_mean.iloc[0]).split()[0])
+            negative = float(str(grpo.negative_pair_share.iloc[0]).split("%")[0])
+            near_random = abs(cosine) < 0.05 and 40 <= negative <= 60
+            parts.append(
+                f"Phi geometry under GRPO: mean Phi-cosine {cosine:.3f}, {negative:.1f}% negative pairs, against "
+                f"the paper's {PAPER_FIG3['phi_cos_mean']['grpo']:.3f} and "
+                f"{100 * PAPER_FIG3['negative_pair_share']['grpo']:.2f}%."
+                + (
+                    " That is near-random (a cosine near 0 and about half the pairs negative): on this profile "
+                    "Figure 3 says nothing about the method."
+                    if near_random
+                    else ""
+                )
+                + "\n"
+            )
+    return parts
 
 
 def write_results_index(results_root: str | Path, profile: str) -> Path:
@@ -363,9 +449,10 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
         f"# Results: `{profile}` profile\n",
         "Generated by `dvc repro` (stage `results_index`) from the notebooks' outputs in "
         f"[`{profile}/`]({profile}/); executed notebooks are in [`{profile}/notebooks/`]({profile}/notebooks/). "
-        "Brackets are 95% bootstrap confidence intervals over problems (seeds averaged per problem); "
-        "the paper's numbers sit beside ours. On the tiny profile, synthetic splits play the benchmarks "
-        "(see the repository README), so compare the ordering of methods, not the values.\n",
+        "In Tables 1 and 2, brackets are 95% bootstrap confidence intervals over problems (seeds averaged "
+        "per problem); in Figure 3's table they are [min, max] over seeds. The paper's numbers sit beside "
+        "ours, with the paper's model named in the column. On the tiny profile, synthetic splits play the "
+        "benchmarks (see the repository README), so compare the ordering of methods, not the values.\n",
     ]
     sections = [
         ("Table 1: main results", "table1_main_results.md", None),
@@ -381,6 +468,7 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
             parts.append(text.strip() + "\n")
         if figure:
             parts.append(f"![{title}]({profile}/{figure})\n")
+    parts += significance_summary(folder)
     out = root / "README.md"
     out.write_text("\n".join(parts))
     return out
