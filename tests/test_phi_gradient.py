@@ -232,14 +232,55 @@ def test_stage_names_a_missing_run_and_a_bad_budget(tiny_base, tmp_path, capsys)
     assert "--gradients = -1" in capsys.readouterr().err
 
 
-def test_stage_writes_its_tables(tiny_base, tmp_path):
-    out = tmp_path / "out"
-    args = ["--params", str(tiny_base / "params.yaml"), "--runs", str(tmp_path), "--out", str(out)]
+@pytest.fixture(scope="module")
+def stage_outputs(tiny_base, tmp_path_factory):
+    """The stage (base model only, 8 gradients) and the sweep (trained grid, smoke size) on the test's tiny base."""
+    from g2rl_core.analysis import phi_sweep
+
+    root = tmp_path_factory.mktemp("phi_gradient")
+    args = ["--params", str(tiny_base / "params.yaml"), "--runs", str(root / "runs"), "--out", str(root / "study")]
     assert pg.main([*args, "--methods", "--gradients", "8", "--no-encoder", "--resamples", "20"]) == 0
+    sweep = ["--out", str(root / "sweep"), "--base", str(tiny_base / "base"), "--no-random"]
+    data = ["--data", str(tiny_base / "data" / "train.jsonl"), "--groups", "2", "--samples", "2"]
+    assert phi_sweep.main([*sweep, *data, "--max-new-tokens", "6"]) == 0
+    return root
+
+
+def test_stage_writes_its_tables(stage_outputs):
+    out = stage_outputs / "study"
     pairs, summary = pd.read_csv(out / "pairs.csv"), pd.read_csv(out / "summary.csv")
     assert set(pairs.policy) == {"base"} and pairs.grad_cos_all.notna().sum() == 2 * 6  # 2 groups of 4 samples
     assert (out / "responses.csv").exists() and (out / "meta.json").exists()
     assert "pooled_pearson" in set(summary.statistic)
+    sweep = pd.read_csv(stage_outputs / "sweep" / "sweep.csv")
+    assert len(sweep) == 15 and sweep.negative_share.between(0, 1).all() and sweep.include_prompt.any()
+
+
+def test_notebook_runs_and_writes_its_outputs(stage_outputs, tmp_path):
+    import papermill
+
+    parameters = {
+        "profile": "tiny",
+        "phi_gradient_dir": str(stage_outputs / "study"),
+        "sweep_dir": str(stage_outputs / "sweep"),
+        "results_dir": str(tmp_path),
+    }
+    papermill.execute_notebook(
+        "notebooks/phi_vs_gradient.ipynb",
+        str(tmp_path / "out.ipynb"),
+        parameters=parameters,
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    for name in ["phi_vs_gradient.csv", "phi_vs_gradient.md", "phi_vs_gradient.png", "phi_sweep.csv", "phi_sweep.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_random_point_of_the_sweep():
+    from g2rl_core.analysis.phi_sweep import RandomPoint, random_point
+
+    row = random_point(RandomPoint(hidden_size=16, vocab_size=32, length=4), groups=2, samples=3)
+    assert row["length_mean"] == 4 and 0 <= row["negative_share"] <= 1 and row["entropy_mean"] > 0
 
 
 # --- the sweep's helpers -------------------------------------------------------------------------
