@@ -460,8 +460,12 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
         ("Figure 3: geometry", "fig3_geometry.md", "fig3_geometry.png"),
         ("Table 2: general reasoning", "table2_general_reasoning.md", None),
         ("Ablation: eq. 12 readings and lambda", "ablation_shaping.md", "ablation_shaping.png"),
+        ("Beyond the paper: does Phi predict the true update direction?", "phi_vs_gradient.md", "phi_vs_gradient.png"),
+        ("Beyond the paper: what drives the Phi geometry", "phi_sweep.md", "phi_sweep.png"),
     ]
     for title, table, figure in sections:
+        if table and not (folder / table).exists():  # a stage this profile did not run
+            continue
         parts.append(f"## {title}\n")
         if table:
             text = (folder / table).read_text().split("\n", 2)[-1]  # drop the file's own heading
