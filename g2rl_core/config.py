@@ -7,7 +7,8 @@ top-level ``profile`` key selects the one ``dvc repro`` runs. A profile has
 - ``methods``:  per-method settings merged over ``train`` (e.g. ``g2rl: {shaping: {lam: 1.0}}``);
 - ``eval``:     an ``EvalSpec`` (defaults and one entry per benchmark);
 - ``geometry``: a ``GeometrySpec`` (Figure 3's sampling);
-- ``sft``:      an ``SFTConfig`` (tiny only: how the embedded base model is built).
+- ``sft``:      an ``SFTConfig`` (tiny only: how the embedded base model is built);
+- ``engine``:   who trains (``native``, ``trl`` or ``verl``; default ``native``), see docs/engines.md.
 
 Every setting is declared once, below, with its meaning and default. Every error is a
 ``ConfigError`` that names the field, the bad value and what is allowed; an unknown field gets
@@ -32,6 +33,7 @@ from g2rl_core.maths.methods import METHODS
 from g2rl_core.maths.shaping import ShapingConfig
 
 ROLLOUT_BACKENDS = ("transformers", "vllm")
+ENGINES = ("native", "trl", "verl")  # who runs `g2rl train` for a profile (docs/engines.md)
 ANSWER_KINDS = ("math", "choice")
 
 
@@ -412,6 +414,7 @@ class Profile:
     eval: EvalSpec | None = None
     geometry: GeometrySpec | None = None
     sft: SFTConfig | None = None
+    engine: str = "native"  # who runs `g2rl train` (ENGINES); `g2rl train --engine` overrides it
 
     def train_config(self, method: str, seed: int, **overrides: Any) -> TrainConfig:
         """The run's config: ``train``, then ``methods[method]``, then ``overrides`` (nested merges)."""
@@ -455,8 +458,12 @@ def load_profile(name: str | None = None, params_path: str | Path = "params.yaml
     where = f"{params_path}: profile {name!r}"
     sections = {"train": None, "methods": None, "eval": EvalSpec, "geometry": GeometrySpec, "sft": SFTConfig}
     for key in block:
+        if key == "engine":
+            if block[key] not in ENGINES:
+                raise ConfigError(f"{where}: engine = {block[key]!r} is not allowed; choose one of {list(ENGINES)}")
+            continue
         if key not in sections:
-            raise ConfigError(f"{where} has unknown section {key!r}; allowed: {sorted(sections)}")
+            raise ConfigError(f"{where} has unknown section {key!r}; allowed: {sorted([*sections, 'engine'])}")
     typed = {
         key: from_mapping(cls, block[key], f"{where} {key}") for key, cls in sections.items() if cls and key in block
     }
@@ -464,7 +471,8 @@ def load_profile(name: str | None = None, params_path: str | Path = "params.yaml
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ConfigError(f"{where} methods: unknown method(s) {unknown}; registered: {list(method_names())}")
-    profile = Profile(name=name, train=block.get("train") or {}, methods=methods, **typed)
+    engine = block.get("engine", "native")
+    profile = Profile(name=name, train=block.get("train") or {}, methods=methods, engine=engine, **typed)
     for method in methods:  # every method's config is checked now, before any expensive work
         profile.train_config(method, 0)
     return profile

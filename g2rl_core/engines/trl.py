@@ -18,29 +18,85 @@ setting there is no old-policy pass at all, so the hook runs one extra no-grad d
 (``features.causal_lm_sequence_features``). benchmarks/trl_step.py measures that cost.
 
 The per-step log (TRL's ``log_history`` / logger) gains ``g2rl/nu_mean``, ``g2rl/nu_std``,
-``g2rl/phi_cos_mean``, ``g2rl/phi_neg_share`` and ``g2rl/base_reward_mean``. (TRL's own
-``reward`` column then shows the mean of the returned advantages, which is 0.)
+``g2rl/phi_cos_mean``, ``g2rl/phi_neg_share``, ``g2rl/base_reward_mean``, ``g2rl/accuracy`` and
+``g2rl/advantage_abs_mean``. (TRL's own ``reward`` column then shows the mean of the returned
+advantages, which is 0.) ``RunLogCallback`` writes ``<out>/log.jsonl`` with the native engine's
+column names (``TRL_TO_NATIVE``), one row per training step, plus the native ``val`` rows.
+
+Run layout (as the native engine): ``<out>/final`` (Hugging Face format), ``<out>/log.jsonl``,
+``<out>/config.json``, and TRL's own checkpoints in ``<out>/checkpoints/checkpoint-<optimizer step>``
+every ``checkpoint_every`` training steps; a run resumes from the newest one.
+
+Precision: ``precision`` (``float32`` or ``bf16``) maps to GRPOConfig's ``bf16`` explicitly; TRL's
+own default (bf16 on) is never inherited. TrainConfig gains that field on the ``gpu`` branch; until
+then every run is float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
 import torch
 from accelerate.utils import gather, gather_object
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
-from g2rl_core.config import TrainConfig
+from g2rl_core.config import RolloutConfig, TrainConfig
+from g2rl_core.engines import checkpoint as ckpt
+from g2rl_core.errors import ConfigError, G2RLError
+from g2rl_core.evaluation.runner import mean_accuracy, sample_and_score
 from g2rl_core.evaluation.verifier import verify
 from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
-from g2rl_core.rollout import format_prompt, left_pad, right_pad
+from g2rl_core.rollout import format_prompt, left_pad, make_rollout, right_pad
+from g2rl_core.runlock import run_lock
+
+PRECISIONS = {"float32": False, "fp32": False, "bf16": True, "bfloat16": True}  # name -> GRPOConfig.bf16
+
+# TRL's log_history names -> the native engine's log.jsonl columns (engines/native.py, Trainer.train_step).
+TRL_TO_NATIVE = {
+    "g2rl/base_reward_mean": "reward_mean",
+    "g2rl/accuracy": "accuracy",
+    "completions/mean_length": "response_length_mean",
+    "entropy": "entropy_mean",
+    "loss": "loss",
+    "kl": "kl",
+    "clip_ratio/region_mean": "clip_frac",
+    "grad_norm": "grad_norm",
+    "g2rl/nu_mean": "nu_mean",
+    "g2rl/nu_std": "nu_std",
+    "g2rl/nu_min": "nu_min",
+    "g2rl/nu_max": "nu_max",
+    "g2rl/phi_cos_mean": "phi_cos_mean",
+    "g2rl/phi_neg_share": "phi_neg_share",
+    "g2rl/advantage_abs_mean": "advantage_abs_mean",
+    "learning_rate": "lr",
+}
 
 
 def verifier_reward(completions, answer, kind, **kwargs) -> list[float]:
     """TRL reward function: +1 / -1 from our verifier (no parsable answer: -1)."""
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [verify(text, gold, k).reward for text, gold, k in zip(texts, answer, kind)]
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """GRPOConfig's ``bf16``/``fp16`` for a profile's ``precision`` (never TRL's default, which is bf16 on)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision = {precision!r} is not allowed; choose one of {list(PRECISIONS)}")
+    return {"bf16": PRECISIONS[precision], "fp16": False}
+
+
+def optimizer_steps_per_step(cfg: TrainConfig) -> int:
+    """TRL counts optimiser steps; one training step is ``prompts_per_step / ppo_mini_batch_size`` of them."""
+    return (cfg.prompts_per_step * cfg.rollouts_per_prompt) // (cfg.ppo_mini_batch_size * cfg.rollouts_per_prompt)
 
 
 def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> GRPOConfig:
@@ -50,8 +106,15 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
     split into mini-batches of ``ppo_mini_batch_size`` prompts (one optimiser step each).
     TRL's unit is the per-device micro-batch; ``steps_per_generation`` mini-batches reuse one
     generation, as in verl.
+
+    Memory settings come from the profile: ``precision`` (bf16/fp32, explicit), ``gradient_checkpointing``
+    and, with ``rollout.backend: vllm``, vLLM colocated on the training GPUs with sleep mode. Checkpoints:
+    every ``checkpoint_every`` training steps, the newest ``keep_checkpoints`` kept. One log row per
+    training step (``logging_steps``).
     """
     completions = cfg.prompts_per_step * cfg.rollouts_per_prompt
+    per_step = optimizer_steps_per_step(cfg)
+    use_vllm = cfg.rollout.backend == "vllm"
     per_mini = cfg.ppo_mini_batch_size * cfg.rollouts_per_prompt
     micro = min(cfg.ppo_micro_batch_size, per_mini)
     values = dict(
@@ -73,14 +136,19 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         top_p=cfg.top_p,
         top_k=0,
         max_completion_length=cfg.max_response_length,
-        max_steps=cfg.steps * (completions // per_mini),
+        max_steps=cfg.steps * per_step,
         seed=cfg.seed,
         entropy_coef=cfg.entropy_coeff if METHODS[cfg.method].uses_entropy_bonus else 0.0,
         scale_rewards="none",  # the hook returns finished eq. 2 advantages
-        use_vllm=cfg.rollout.backend == "vllm",
-        logging_steps=1,
+        use_vllm=use_vllm,
+        **({"vllm_mode": "colocate", "vllm_enable_sleep_mode": True} if use_vllm else {}),
+        gradient_checkpointing=bool(getattr(cfg, "gradient_checkpointing", True)),  # TRL's default, made explicit
+        **precision_flags(getattr(cfg, "precision", "float32")),
+        logging_steps=per_step,
         report_to=[],
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every * per_step,
+        save_total_limit=cfg.keep_checkpoints,
         use_cpu=not torch.cuda.is_available(),
     )
     values.update(overrides)
@@ -153,9 +221,11 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         advantages = self.method.advantages(batch, self.exploration, self.encode).reshape(-1)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["g2rl/base_reward_mean"].append(rewards.mean().item())
+        self._metrics[mode]["g2rl/accuracy"].append((rewards > 0).float().mean().item())
+        self._metrics[mode]["g2rl/advantage_abs_mean"].append(advantages.abs().mean().item())
         if self.method.needs_phi:
             for key, value in group_geometry(batch.phi, batch.rewards).items():
-                if key in ("nu_mean", "nu_std", "phi_cos_mean", "phi_neg_share"):
+                if key in ("nu_mean", "nu_std", "nu_min", "nu_max", "phi_cos_mean", "phi_neg_share"):
                     self._metrics[mode][f"g2rl/{key}"].append(value)
         return advantages
 
@@ -175,23 +245,146 @@ def problems_dataset(problems, tokenizer=None, chat_template: bool = False):
     return Dataset.from_list(rows)
 
 
-def train_with_trl(cfg: TrainConfig, out: str, **config_overrides):
-    """``g2rl train --engine trl``: the same profile, run by TRL. Returns the trainer after training."""
+def native_row(logs: dict, step: int, completions: int, seconds: float) -> dict:
+    """A TRL log dict (one training step) as a native ``log.jsonl`` train row (``TRL_TO_NATIVE``).
+
+    ``step_time_s`` is the wall time of the training step (generation included), measured by the
+    caller; ``tokens_per_s`` is the step's response tokens over it, as in the native engine.
+    """
+    row = {"kind": "train", "step": step}
+    row.update({ours: float(logs[theirs]) for theirs, ours in TRL_TO_NATIVE.items() if theirs in logs})
+    row["step_time_s"] = seconds
+    if "completions/mean_length" in logs and seconds > 0:
+        row["tokens_per_s"] = float(logs["completions/mean_length"]) * completions / seconds
+    return row
+
+
+class RunLogCallback(TrainerCallback):
+    """Writes ``<out>/log.jsonl`` on the main process: a native train row per training step, val rows
+    every ``val_every`` steps and at step 0 and the last step (``validate(model)`` gives the row)."""
+
+    def __init__(self, cfg: TrainConfig, log_path: Path, validate):
+        self.cfg, self.log_path, self.validate = cfg, Path(log_path), validate
+        self.per_step = optimizer_steps_per_step(cfg)
+        self.clock = time.perf_counter()
+
+    def write(self, row: dict) -> None:
+        try:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise G2RLError(f"cannot append to {self.log_path}: {err.strerror or err}; free disk space") from None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step == 0:
+            self.write({**self.validate(model), "step": 0})
+        self.clock = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:  # not a training-step log
+            return
+        step = state.global_step // self.per_step
+        completions = self.cfg.prompts_per_step * self.cfg.rollouts_per_prompt
+        self.write(native_row(logs, step, completions, time.perf_counter() - self.clock))
+        if step % self.cfg.val_every == 0 or step == self.cfg.steps:
+            self.write({**self.validate(model), "step": step})
+        self.clock = time.perf_counter()
+
+
+def validation_fn(cfg: TrainConfig, tokenizer, val_problems):
+    """``validate(model)`` -> the native engine's val row: mean@val_samples on ``val_data`` (transformers sampling)."""
+
+    def validate(model) -> dict:
+        rollout = RolloutConfig(
+            backend="transformers", batch_size=cfg.rollout.batch_size, chat_template=cfg.rollout.chat_template
+        )
+        was_training = model.training
+        model.eval()
+        backend = make_rollout(rollout, model, tokenizer, model_path=cfg.model, seed=cfg.seed)
+        samples = sample_and_score(
+            backend,
+            val_problems,
+            n=cfg.val_samples,
+            temperature=cfg.val_temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_response_length,
+            seed=cfg.seed * 1_000_003 + 10**6,
+        )
+        model.train(was_training)
+        return {
+            "kind": "val",
+            f"val_mean_at_{cfg.val_samples}": mean_accuracy(samples),
+            "val_response_length_mean": sum(s.response_tokens for s in samples) / len(samples),
+        }
+
+    return validate
+
+
+def prepare_run_dir(cfg: TrainConfig, out: Path, restart_on_config_change: bool) -> str | None:
+    """The checkpoint to resume from (None: start afresh), after checking ``out/config.json``.
+
+    A run directory written with another config is refused (``ConfigError``), or emptied of its
+    checkpoints and log with ``restart_on_config_change``. Log rows past the checkpoint are dropped.
+    """
+    checkpoints, log_path, config_path = out / ckpt.CHECKPOINTS, out / "log.jsonl", out / "config.json"
+    latest = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if latest is not None and config_path.exists():
+        try:
+            old = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        changed = ckpt.config_differences(old, cfg.to_dict())
+        if changed and not restart_on_config_change:
+            raise ConfigError(
+                f"{config_path} was written with a different config (fields {changed}); use a new --out "
+                "or --on-config-change restart"
+            )
+        if changed:
+            import shutil
+
+            shutil.rmtree(checkpoints)
+            latest = None
+    if latest is None:
+        log_path.unlink(missing_ok=True)
+        return None
+    state = json.loads((Path(latest) / "trainer_state.json").read_text())
+    if log_path.exists():
+        ckpt.truncate_log(log_path, state["global_step"] // optimizer_steps_per_step(cfg))
+    return latest
+
+
+def train_with_trl(cfg: TrainConfig, out: str, restart_on_config_change: bool = False, **config_overrides):
+    """``g2rl train --engine trl``: the same profile, run by TRL, resumed from the newest checkpoint in
+    ``out``. Writes the native run layout (``final/``, ``log.jsonl``, ``config.json``). Returns the trainer."""
     from g2rl_core.evaluation.benchmarks import load_problems
 
-    model, tokenizer = load_policy(cfg.model)
-    args = grpo_config_from_profile(cfg, out, **config_overrides)
-    problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)
-    dataset = problems_dataset(problems, tokenizer, cfg.rollout.chat_template)
-    trainer = ExplorationGRPOTrainer(
-        model=model,
-        reward_funcs=[verifier_reward],
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        exploration=cfg,
-    )
-    trainer.train()
-    trainer.save_model(f"{out}/final")
-    tokenizer.save_pretrained(f"{out}/final")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)  # data errors before the model loads
+    val_problems = load_problems(cfg.val_data, cfg.val_kind, cfg.data_dir)[: cfg.val_problems]
+    ckpt.check_keep(cfg.keep_checkpoints)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # accelerate launch: one process per device
+    with run_lock(out_dir) if main_process else contextlib.nullcontext():
+        if main_process:
+            resume = prepare_run_dir(cfg, out_dir, restart_on_config_change)
+            ckpt.atomic_write_bytes(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+        else:  # the other processes only read which checkpoint to resume from
+            checkpoints = out_dir / ckpt.CHECKPOINTS
+            resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        model, tokenizer = load_policy(cfg.model)
+        args = grpo_config_from_profile(cfg, str(out_dir / ckpt.CHECKPOINTS), **config_overrides)
+        dataset = problems_dataset(problems, tokenizer, cfg.rollout.chat_template)
+        trainer = ExplorationGRPOTrainer(
+            model=model,
+            reward_funcs=[verifier_reward],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            exploration=cfg,
+            callbacks=[RunLogCallback(cfg, out_dir / "log.jsonl", validation_fn(cfg, tokenizer, val_problems))],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(out_dir / "final"))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(str(out_dir / "final"))
     return trainer

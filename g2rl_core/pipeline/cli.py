@@ -29,6 +29,7 @@ import typing
 from pathlib import Path
 
 from g2rl_core.config import (
+    ENGINES,
     RolloutConfig,
     SFTConfig,
     TrainConfig,
@@ -126,14 +127,37 @@ def cmd_sft(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_smoke_base(args) -> None:
+    """Build the paper-smoke base: a random tiny Qwen3 of the profile's sft.model shape, Qwen3-style chat tokenizer."""
+    from g2rl_core.pipeline.smoke import build_smoke_base
+
+    profile = load_profile(args.profile, args.params)
+    sft_cfg: SFTConfig = profile.require("sft")
+    print(f"wrote {build_smoke_base(writable_dir(args.out), sft_cfg.model, seed=sft_cfg.seed)}")
+
+
 def cmd_train(args) -> None:
     profile = load_profile(args.profile, args.params)
     cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
+    engine = args.engine or profile.engine
     out = writable_dir(args.out)
-    if args.engine == "trl":
+    if engine == "verl":
+        try:
+            from g2rl_core.engines.verl.run import train_with_verl
+        except ModuleNotFoundError as err:
+            if err.name != "g2rl_core.engines.verl.run":
+                raise
+            raise ConfigError(
+                f"profile {profile.name!r}: engine = 'verl' is not run by `g2rl train`; "
+                "launch verl runs with g2rl_core/engines/verl/launch.sh (docs/engines.md)"
+            ) from None
+        train_with_verl(cfg, out)
+        print(f"final model: {out / 'final'}")
+        return
+    if engine == "trl":
         from g2rl_core.engines.trl import train_with_trl
 
-        train_with_trl(cfg, str(out))
+        train_with_trl(cfg, str(out), restart_on_config_change=args.on_config_change == "restart")
         print(f"final model: {out / 'final'}")
         return
     from g2rl_core.engines.native import Trainer
@@ -297,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
 
+    p = command("smoke-base", cmd_smoke_base, "build the paper-smoke base model (random tiny Qwen3, chat tokenizer)")
+    p.add_argument("--out", required=True)
+
     train_settings = "training settings (--set FIELD=VALUE; defaults, before the profile's values):\n"
     p = command(
         "train",
@@ -310,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override settings (listed below)")
     p.add_argument(
         "--engine",
-        choices=["native", "trl"],
-        default="native",
-        help="native: g2rl_core.engines.native (one process); trl: TRL's GRPOTrainer, same profile",
+        choices=list(ENGINES),
+        default=None,
+        help="default: the profile's engine. native: g2rl_core.engines.native (one process); "
+        "trl: TRL's GRPOTrainer, same profile; verl: g2rl_core.engines.verl",
     )
     p.add_argument(
         "--on-config-change",
