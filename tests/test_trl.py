@@ -190,6 +190,7 @@ def test_profile_maps_to_grpo_config(tmp_path):
     profile = load_profile("paper-1.7b", Path(__file__).resolve().parents[1] / "params.yaml")
     grpo = grpo_config_from_profile(profile.train_config("grpo", 0), str(tmp_path))
     assert (grpo.learning_rate, grpo.beta, grpo.epsilon, grpo.num_generations) == (5e-7, 0.001, 0.2, 16)
+    assert grpo.delta == 3.0 and grpo.weight_decay == 0.01  # verl defaults the paper does not state
     assert (grpo.temperature, grpo.max_completion_length, grpo.loss_type, grpo.scale_rewards) == (
         1.0,
         8192,

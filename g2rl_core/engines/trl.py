@@ -131,6 +131,7 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         max_grad_norm=cfg.grad_clip if cfg.grad_clip > 0 else 1e9,
         beta=cfg.kl_coef if cfg.use_kl_loss else 0.0,
         epsilon=cfg.clip_ratio,
+        delta=cfg.dual_clip_ratio,  # two-sided clip: bounds -A * ratio at -A * delta for A < 0 (verl clip_ratio_c)
         loss_type="dapo",  # token-mean over the accumulated mini-batch
         temperature=cfg.temperature,
         top_p=cfg.top_p,
