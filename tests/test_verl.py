@@ -568,8 +568,9 @@ def test_every_verl_method_composes_or_is_refused(method):
 def _data_config(tmp_path, **kw):
     from conftest import SHARED_DATA
 
-    from g2rl_core.config import TrainConfig
+    from g2rl_core.config import RolloutConfig, TrainConfig
 
+    kw.setdefault("rollout", RolloutConfig())
     return TrainConfig(train_data="aime24", val_data="aime25", data_dir=str(SHARED_DATA), val_problems=5, **kw)
 
 
@@ -779,3 +780,93 @@ def test_verl_settings_block_is_checked(tmp_path):
     params.write_text("profiles: {}\nverl: {n_gpu_per_node: 2}\n")
     with pytest.raises(ConfigError, match="did you mean 'n_gpus_per_node'"):
         load_verl_settings(params)
+
+
+def test_model_merger_brings_verls_fsdp_checkpoint_back_as_final(tmp_path):
+    """verl's FSDPCheckpointManager writes an FSDP2 actor checkpoint on CPU (gloo, 1 rank); our merge
+    step (verl's model merger) turns it into out/final, which g2rl eval's loader reads."""
+    import subprocess
+
+    from omegaconf import OmegaConf
+    from test_prompts import qwen3_style_tokenizer
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+
+    from g2rl_core.engines.verl.run import latest_actor_checkpoint, merge_command
+    from g2rl_core.models import load_policy
+
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    model = tiny_qwen3(tie_word_embeddings=False, seed=3)
+    model.config.architectures = ["Qwen3ForCausalLM"]  # as from_pretrained sets it
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    fully_shard(model, mesh=init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",)))  # verl's mesh name
+    manager = FSDPCheckpointManager(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+        lr_scheduler=None,
+        processing_class=qwen3_style_tokenizer(),
+        checkpoint_config=OmegaConf.create({"save_contents": ["model", "optimizer", "extra"], "load_contents": []}),
+    )
+    checkpoints = tmp_path / "verl" / "checkpoints"
+    manager.save_checkpoint(str(checkpoints / "global_step_3" / "actor"), global_step=3)
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("3")  # what verl's trainer writes after saving
+    actor = latest_actor_checkpoint(checkpoints)
+    assert actor == checkpoints / "global_step_3" / "actor"
+    done = subprocess.run(merge_command(actor, tmp_path / "final"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged, tokenizer = load_policy(str(tmp_path / "final"))
+    state = merged.state_dict()
+    # verl's merger writes bfloat16 weights (fsdp_model_merger.py casts every shard); exact after that cast.
+    for key, value in weights.items():
+        torch.testing.assert_close(state[key], value.bfloat16().float(), rtol=0, atol=0)
+    assert tokenizer.chat_template and tokenizer.convert_tokens_to_ids("<|im_end|>") == 2
+
+
+def test_latest_checkpoint_errors_name_the_file(tmp_path):
+    from g2rl_core.engines.verl.run import latest_actor_checkpoint
+    from g2rl_core.errors import G2RLError
+
+    with pytest.raises(G2RLError, match="latest_checkpointed_iteration.txt is missing"):
+        latest_actor_checkpoint(tmp_path)
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("abc")
+    with pytest.raises(G2RLError, match="expected a step number"):
+        latest_actor_checkpoint(tmp_path)
+
+
+def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path):
+    """The stage's flow with the two verl commands recorded (no GPU): data first, verl's trainer with the
+    run's overrides and the trainer plugin, then the merger on the newest checkpoint, then log.jsonl."""
+    import json
+    import subprocess
+
+    from g2rl_core.config import RolloutConfig
+    from g2rl_core.engines.verl.run import VerlSettings, train_with_verl
+
+    run = _data_config(tmp_path, method="g2rl", rollouts_per_prompt=4, rollout=RolloutConfig(backend="vllm"))
+    calls = []
+
+    def runner(command, env, check):
+        calls.append((command, env))
+        if "verl.trainer.main_ppo" in command:
+            assert (tmp_path / "verl" / "data" / "train.parquet").is_file()  # data before the trainer
+            ckpt = tmp_path / "verl" / "checkpoints"
+            (ckpt / "global_step_7" / "actor").mkdir(parents=True)
+            (ckpt / "latest_checkpointed_iteration.txt").write_text("7\n")
+            Path(env["VERL_FILE_LOGGER_PATH"]).write_text(json.dumps({"step": 7, "data": VERL_STEP}) + "\n")
+        else:
+            (Path(command[command.index("--target_dir") + 1])).mkdir()
+        return subprocess.CompletedProcess(command, 0)
+
+    final = train_with_verl(run, tmp_path, settings=VerlSettings(n_gpus_per_node=2), runner=runner)
+    assert final == tmp_path / "final" and final.is_dir()
+    (train_cmd, env), (merge_cmd, _) = calls
+    assert env["VERL_USE_EXTERNAL_MODULES"] == "g2rl_core.engines.verl.trainer"
+    assert "trainer.n_gpus_per_node=2" in train_cmd and "trainer.v1.trainer_mode=g2rl" in train_cmd
+    assert f"data.train_files={tmp_path / 'verl' / 'data' / 'train.parquet'}" in train_cmd
+    assert merge_cmd[merge_cmd.index("--local_dir") + 1] == str(tmp_path / "verl/checkpoints/global_step_7/actor")
+    row = json.loads((tmp_path / "log.jsonl").read_text())
+    assert row["step"] == 7 and row["nu_mean"] == VERL_STEP["g2rl/nu_mean"]
