@@ -63,7 +63,7 @@ NOT_IN_VERL_KEYS = {
     "method": "the trainer mode and the entropy coefficient, below",
     "entropy_coeff": "actor.entropy_coeff, below (0 unless the method uses the bonus)",
     "shaping": "the +g2rl block, below",
-    "encoder": "EVOL-RL is not wired into verl",
+    "encoder": "EVOL-RL is refused on verl (docs/engines.md)",
     "rollout": "rollout.name, below",
     "feature_chunk_size": "verl computes Phi from its own logits (engine.PhiCaptureEngine)",
     "threads": "CPU threads of the native engine",
