@@ -5,7 +5,7 @@
 # trainer as G2RLTrainer (trainer.py), which every Ray process imports through verl's
 # VERL_USE_EXTERNAL_MODULES hook (set here and in the Ray runtime env by overrides.py).
 # EVOL-RL is refused on verl (docs/engines.md). Rewards: reward.py (+-1), wired by overrides.py.
-# The pipeline stage is run.py (train_with_verl): data, this command, the model merger, log.jsonl.
+# The pipeline stage is run.py (train_with_verl): data, main_ppo with these overrides, the merger, log.jsonl.
 set -euo pipefail
 profile="$1"; method="$2"; train="$3"; val="$4"; shift 4
 if [ "$method" = "evol" ]; then
