@@ -760,6 +760,7 @@ def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp
     assert list(cfg.trainer.logger) == ["console", "file"]
     assert cfg.data.max_response_length == run.max_response_length == (8192 if profile == "paper-1.7b" else 12288)
     assert cfg.actor_rollout_ref.model.path == run.model
+    assert cfg.trainer.max_actor_ckpt_to_keep == run.keep_checkpoints
     assert Path(cfg.reward.custom_reward_function.path) == REPO / "g2rl_core" / "engines" / "verl" / "reward.py"
     assert cfg.reward.custom_reward_function.name == "compute_score"
     assert (cfg.get("g2rl") is not None) == (method == "g2rl")

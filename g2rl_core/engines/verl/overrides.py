@@ -49,6 +49,7 @@ VERL_KEYS = {
     "steps": "trainer.total_training_steps",
     "val_every": "trainer.test_freq",
     "checkpoint_every": "trainer.save_freq",
+    "keep_checkpoints": "trainer.max_actor_ckpt_to_keep",
 }
 
 #: TrainConfig fields that reach verl another way, or have no verl counterpart, and why.
