@@ -560,3 +560,314 @@ def test_every_verl_method_composes_or_is_refused(method):
     assert actor.optim.weight_decay == run.weight_decay and actor.grad_clip == run.grad_clip
     assert actor.entropy_coeff == (run.entropy_coeff if METHODS[method].uses_entropy_bonus else 0)
     assert (cfg.trainer.get("v1", {}).get("trainer_mode") == "g2rl") == (METHODS[method].verl == "g2rl")
+
+
+# --- issue 12: data files, reward function and its scale, metrics, checkpoints, composed run configs ---------
+
+
+def _data_config(tmp_path, **kw):
+    from conftest import SHARED_DATA
+
+    from g2rl_core.config import RolloutConfig, TrainConfig
+
+    kw.setdefault("rollout", RolloutConfig())
+    return TrainConfig(train_data="aime24", val_data="aime25", data_dir=str(SHARED_DATA), val_problems=5, **kw)
+
+
+def test_parquet_through_verls_dataset_gives_the_native_prompt_tokens(tmp_path):
+    from omegaconf import OmegaConf
+    from test_prompts import qwen3_style_tokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from g2rl_core.engines.verl.data import prepare_verl_data
+    from g2rl_core.evaluation.benchmarks import load_problems
+    from g2rl_core.rollout.batch import encode_prompts
+
+    cfg = _data_config(tmp_path)
+    train, val = prepare_verl_data(cfg, tmp_path)
+    tokenizer = qwen3_style_tokenizer()
+    for path, source, limit in ((train, "aime24", None), (val, "aime25", 5)):
+        problems = load_problems(source, "math", cfg.data_dir, limit=limit)
+        data = RLHFDataset(str(path), tokenizer, OmegaConf.create({"max_prompt_length": 4096, "cache_dir": tmp_path}))
+        assert len(data) == len(problems)
+        for i in (0, len(problems) - 1):
+            row = data[i]
+            assert row["data_source"] == source and row["reward_model"]["ground_truth"] == problems[i].answer
+            assert row["extra_info"]["kind"] == "math" and row["extra_info"]["index"] == i
+            # verl's rollout renders raw_prompt with the tokenizer's chat template and the generation prompt.
+            ids = tokenizer.apply_chat_template(list(row["raw_prompt"]), add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            native, mask = encode_prompts(tokenizer, [problems[i].prompt], True)
+            assert list(ids) == native[0][mask[0].bool()].tolist()
+
+
+def test_prepare_data_refuses_an_empty_set(tmp_path):
+    from g2rl_core.engines.verl.data import write_parquet
+    from g2rl_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no problems"):
+        write_parquet([], tmp_path / "x.parquet")
+
+
+def test_reward_function_is_plus_minus_one_through_verls_loader():
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    run = load_profile("paper-1.7b", REPO / "params.yaml").train_config("grpo", 0)
+    overrides = verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    score = get_custom_reward_fn(cfg)  # what verl's reward loop loads from the launch config
+    assert score is not None
+    math_info = {"kind": "math"}
+    assert score(data_source="aime25", solution_str="so \\boxed{2}", ground_truth="2", extra_info=math_info) == 1.0
+    assert score(data_source="aime25", solution_str="so \\boxed{3}", ground_truth="2", extra_info=math_info) == -1.0
+    assert score(data_source="aime25", solution_str="no answer", ground_truth="2", extra_info=math_info) == -1.0
+    assert score(data_source="gpqa", solution_str="The answer is (B)", ground_truth="B", extra_info={"kind": "choice"})
+    with pytest.raises(ValueError, match="extra_info.kind"):
+        score(data_source="x", solution_str="1", ground_truth="1", extra_info={"kind": "code"})
+
+
+def test_shaping_refuses_rewards_not_plus_minus_one_on_a_dataproto():
+    from g2rl_core.errors import ConfigError
+
+    scores, mask, phi, uid, rewards = _scored_batch()
+    for values, ok in (((-1.0, 1.0), True), ((0.0, 1.0), False), ((0.0, 0.5), False)):
+        scale = torch.where(scores > 0, values[1], torch.where(scores < 0, values[0], 0.0))
+        data = DataProto.from_dict(tensors={"rm_scores": scale, "response_mask": mask}, non_tensors={"uid": uid})
+        args = (data.batch["rm_scores"], data.batch["response_mask"], phi, data.non_tensor_batch["uid"])
+        if ok:
+            shape_outcome_scores(*args, ShapingConfig())
+        else:
+            with pytest.raises(ConfigError, match=r"rewards in \{-1, \+1\}.*custom_reward_function"):
+                shape_outcome_scores(*args, ShapingConfig())
+
+
+def test_trainer_refuses_a_zero_one_scale(transfer_queue):
+    from g2rl_core.errors import ConfigError
+
+    tq = transfer_queue
+    meta, scores, mask, phi, uid, keys = _put_step(tq, "scale")
+    zero_one = (scores.clamp(min=0) * mask).sum(-1)  # what verl's default scorer gives: 1 correct, 0 otherwise
+    fields = tu.list_of_dict_to_tensordict(
+        [
+            {"rm_scores": torch.zeros(int(mask[i].sum())).index_fill(0, mask[i].sum() - 1, zero_one[i])}
+            for i in range(len(uid))
+        ]
+    )
+    tq.kv_batch_put(keys=keys[: len(uid)], partition_id="scale", fields=fields)
+    with pytest.raises(ConfigError, match=r"\{-1, \+1\}"):
+        _trainer()._compute_advantage(meta, {})
+
+
+# A step's metrics as verl 0.9.1's V1 trainer logs them (key names from its source: trainer_base.py,
+# engine_workers.py, losses.py, metric_utils.py; values invented), with G2RLTrainer's g2rl/* keys.
+VERL_STEP = {
+    "critic/score/mean": -0.25,
+    "critic/rewards/mean": -0.25,
+    "response_length/mean": 812.5,
+    "actor/entropy": 0.61,
+    "actor/kl_loss": 0.0012,
+    "actor/pg_clipfrac": 0.004,
+    "actor/pg_loss": -0.01,
+    "actor/loss": -0.009,
+    "actor/grad_norm": 0.33,
+    "actor/lr": 5e-7,
+    "timing_s/step": 41.0,
+    "perf/throughput": 1234.0,
+    "g2rl/nu_mean": 0.12,
+    "g2rl/nu_std": 0.05,
+    "g2rl/nu_min": 0.01,
+    "g2rl/nu_max": 0.3,
+    "g2rl/phi_cos_mean": 0.4,
+    "g2rl/phi_neg_share": 0.1,
+    "g2rl/shaped_reward_mean": -0.2,
+}
+
+
+def test_verl_metrics_map_to_the_native_columns(tmp_path):
+    from verl.utils.tracking import FileLogger
+
+    from g2rl_core.engines.verl.run import convert_metrics_log
+
+    path = tmp_path / "verl.jsonl"
+    os.environ["VERL_FILE_LOGGER_PATH"] = str(path)
+    try:
+        logger = FileLogger("g2rl", "t")  # verl's own writer
+        logger.log({"val-core/aime25/reward/mean@8": -0.5, "val-aux/aime25/reward/std@8": 0.9}, step=0)
+        logger.log({**VERL_STEP, "val-core/aime25/reward/mean@8": 0.0}, step=10)
+        logger.finish()
+    finally:
+        del os.environ["VERL_FILE_LOGGER_PATH"]
+    with open(path, "a") as fh:
+        fh.write('{"step": 11, "da')  # a killed run's torn last line
+    assert convert_metrics_log(path, tmp_path / "log.jsonl", val_samples=8) == 3
+    rows = [__import__("json").loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows[0] == {"kind": "val", "step": 0, "val_mean_at_8": 0.25}
+    train = rows[1]
+    assert train["kind"] == "train" and train["step"] == 10
+    assert train["reward_mean"] == -0.25 and train["accuracy"] == 0.375  # (r + 1) / 2 for +-1 rewards
+    expected = {
+        "response_length_mean": 812.5, "entropy_mean": 0.61, "kl": 0.0012, "clip_frac": 0.004, "grad_norm": 0.33,
+        "loss": -0.009, "lr": 5e-7, "step_time_s": 41.0, "nu_mean": 0.12, "nu_std": 0.05, "nu_min": 0.01,
+        "nu_max": 0.3, "phi_cos_mean": 0.4, "phi_neg_share": 0.1,
+    }  # fmt: skip
+    assert {k: train[k] for k in expected} == expected
+    assert rows[2] == {"kind": "val", "step": 10, "val_mean_at_8": 0.5}
+    # The columns the native trainer's rows have, where verl logs a counterpart.
+    from g2rl_core.engines.verl.run import METRIC_MAP
+
+    native_train_columns = {"reward_mean", "accuracy", "response_length_mean", "entropy_mean", "kl", "clip_frac",
+                            "grad_norm", "loss", "lr", "step_time_s", "nu_mean", "nu_std", "nu_min", "nu_max",
+                            "phi_cos_mean", "phi_neg_share"}  # fmt: skip
+    assert set(METRIC_MAP) | {"accuracy"} == native_train_columns
+
+
+def test_shaping_metrics_are_the_native_group_geometry():
+    from g2rl_core.maths.shaping import group_geometry
+
+    scores, mask, phi, uid, rewards = _scored_batch(groups=3, m=4)
+    order = np.argsort(uid, kind="stable")
+    _, metrics = shape_outcome_scores(scores, mask, phi, uid, ShapingConfig())
+    native = group_geometry(phi[order].view(3, 4, -1), rewards[order].view(3, 4))
+    for key, value in native.items():
+        assert metrics[f"g2rl/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("profile", ["paper-1.7b", "paper-4b"])
+@pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
+def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from g2rl_core.engines.verl.run import VerlSettings, run_overrides
+    from g2rl_core.errors import ConfigError
+    from g2rl_core.maths.methods import METHODS
+
+    run = load_profile(profile, REPO / "params.yaml").train_config(method, 1)
+    settings = VerlSettings(
+        n_gpus_per_node=4, nnodes=2, overrides=["actor_rollout_ref.rollout.tensor_model_parallel_size=2"]
+    )
+    if METHODS[method].verl is None:
+        with pytest.raises(ConfigError, match="not wired into the verl engine"):
+            run_overrides(run, tmp_path, settings, tmp_path / "t.parquet", tmp_path / "v.parquet")
+        return
+    overrides = run_overrides(run, tmp_path, settings, tmp_path / "t.parquet", tmp_path / "v.parquet")
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    assert (cfg.trainer.n_gpus_per_node, cfg.trainer.nnodes) == (4, 2)
+    assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
+    assert cfg.trainer.default_local_dir == str(tmp_path / "verl" / "checkpoints")
+    assert list(cfg.trainer.logger) == ["console", "file"]
+    assert cfg.data.max_response_length == run.max_response_length == (8192 if profile == "paper-1.7b" else 12288)
+    assert cfg.actor_rollout_ref.model.path == run.model
+    assert cfg.trainer.max_actor_ckpt_to_keep == run.keep_checkpoints
+    assert Path(cfg.reward.custom_reward_function.path) == REPO / "g2rl_core" / "engines" / "verl" / "reward.py"
+    assert cfg.reward.custom_reward_function.name == "compute_score"
+    assert (cfg.get("g2rl") is not None) == (method == "g2rl")
+    if method == "g2rl":
+        assert dict(cfg.g2rl) == run.shaping.kwargs()
+
+
+def test_verl_settings_block_is_checked(tmp_path):
+    from g2rl_core.engines.verl.run import load_verl_settings
+    from g2rl_core.errors import ConfigError
+
+    params = tmp_path / "params.yaml"
+    params.write_text("profiles: {}\n")
+    assert load_verl_settings(params).n_gpus_per_node == 8
+    params.write_text("profiles: {}\nverl: {n_gpus_per_node: 0}\n")
+    with pytest.raises(ConfigError, match="n_gpus_per_node = 0 must be > 0"):
+        load_verl_settings(params)
+    params.write_text("profiles: {}\nverl: {n_gpu_per_node: 2}\n")
+    with pytest.raises(ConfigError, match="did you mean 'n_gpus_per_node'"):
+        load_verl_settings(params)
+
+
+def test_model_merger_brings_verls_fsdp_checkpoint_back_as_final(tmp_path):
+    """verl's FSDPCheckpointManager writes an FSDP2 actor checkpoint on CPU (gloo, 1 rank); our merge
+    step (verl's model merger) turns it into out/final, which g2rl eval's loader reads."""
+    import subprocess
+
+    from omegaconf import OmegaConf
+    from test_prompts import qwen3_style_tokenizer
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
+
+    from g2rl_core.engines.verl.run import latest_actor_checkpoint, merge_command
+    from g2rl_core.models import load_policy
+
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    model = tiny_qwen3(tie_word_embeddings=False, seed=3)
+    model.config.architectures = ["Qwen3ForCausalLM"]  # as from_pretrained sets it
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    fully_shard(model, mesh=init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",)))  # verl's mesh name
+    manager = FSDPCheckpointManager(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+        lr_scheduler=None,
+        processing_class=qwen3_style_tokenizer(),
+        checkpoint_config=OmegaConf.create({"save_contents": ["model", "optimizer", "extra"], "load_contents": []}),
+    )
+    checkpoints = tmp_path / "verl" / "checkpoints"
+    manager.save_checkpoint(str(checkpoints / "global_step_3" / "actor"), global_step=3)
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("3")  # what verl's trainer writes after saving
+    actor = latest_actor_checkpoint(checkpoints)
+    assert actor == checkpoints / "global_step_3" / "actor"
+    done = subprocess.run(merge_command(actor, tmp_path / "final"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged, tokenizer = load_policy(str(tmp_path / "final"))
+    state = merged.state_dict()
+    # verl's merger writes bfloat16 weights (fsdp_model_merger.py casts every shard); exact after that cast.
+    for key, value in weights.items():
+        torch.testing.assert_close(state[key], value.bfloat16().float(), rtol=0, atol=0)
+    assert tokenizer.chat_template and tokenizer.convert_tokens_to_ids("<|im_end|>") == 2
+
+
+def test_latest_checkpoint_errors_name_the_file(tmp_path):
+    from g2rl_core.engines.verl.run import latest_actor_checkpoint
+    from g2rl_core.errors import G2RLError
+
+    with pytest.raises(G2RLError, match="latest_checkpointed_iteration.txt is missing"):
+        latest_actor_checkpoint(tmp_path)
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("abc")
+    with pytest.raises(G2RLError, match="expected a step number"):
+        latest_actor_checkpoint(tmp_path)
+
+
+def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path):
+    """The stage's flow with the two verl commands recorded (no GPU): data first, verl's trainer with the
+    run's overrides and the trainer plugin, then the merger on the newest checkpoint, then log.jsonl."""
+    import json
+    import subprocess
+
+    from g2rl_core.config import RolloutConfig
+    from g2rl_core.engines.verl.run import VerlSettings, train_with_verl
+
+    run = _data_config(tmp_path, method="g2rl", rollouts_per_prompt=4, rollout=RolloutConfig(backend="vllm"))
+    calls = []
+
+    def runner(command, env, check):
+        calls.append((command, env))
+        if "verl.trainer.main_ppo" in command:
+            assert (tmp_path / "verl" / "data" / "train.parquet").is_file()  # data before the trainer
+            ckpt = tmp_path / "verl" / "checkpoints"
+            (ckpt / "global_step_7" / "actor").mkdir(parents=True)
+            (ckpt / "latest_checkpointed_iteration.txt").write_text("7\n")
+            Path(env["VERL_FILE_LOGGER_PATH"]).write_text(json.dumps({"step": 7, "data": VERL_STEP}) + "\n")
+        else:
+            (Path(command[command.index("--target_dir") + 1])).mkdir()
+        return subprocess.CompletedProcess(command, 0)
+
+    final = train_with_verl(run, tmp_path, settings=VerlSettings(n_gpus_per_node=2), runner=runner)
+    assert final == tmp_path / "final" and final.is_dir()
+    (train_cmd, env), (merge_cmd, _) = calls
+    assert env["VERL_USE_EXTERNAL_MODULES"] == "g2rl_core.engines.verl.trainer"
+    assert "trainer.n_gpus_per_node=2" in train_cmd and "trainer.v1.trainer_mode=g2rl" in train_cmd
+    assert f"data.train_files={tmp_path / 'verl' / 'data' / 'train.parquet'}" in train_cmd
+    assert merge_cmd[merge_cmd.index("--local_dir") + 1] == str(tmp_path / "verl/checkpoints/global_step_7/actor")
+    row = json.loads((tmp_path / "log.jsonl").read_text())
+    assert row["step"] == 7 and row["nu_mean"] == VERL_STEP["g2rl/nu_mean"]

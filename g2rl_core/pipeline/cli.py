@@ -5,6 +5,7 @@
     g2rl eval     --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
     g2rl geometry --profile tiny --runs runs/tiny --out artifacts/tiny/geometry
     g2rl report   --profile tiny
+    g2rl prepare-data --profile paper-1.7b --format verl --out build/paper-1.7b/verl
 
 Settings come from the profile in params.yaml (``--params`` and ``--profile`` choose it);
 ``--set field=value`` (``section.field=value`` for nested sections) overrides any of them:
@@ -281,6 +282,18 @@ def cmd_geometry(args) -> None:
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)
 
 
+def cmd_prepare_data(args) -> None:
+    """verl's parquet files (train.parquet, val.parquet) of the profile's training and validation sets."""
+    from g2rl_core import paths
+    from g2rl_core.engines.verl.data import prepare_verl_data
+
+    profile = load_profile(args.profile, args.params)
+    cfg = profile.train_config(args.method, 0, **parse_overrides(args.set))
+    out = writable_dir(args.out or paths.BUILD / profile.name / args.format)
+    for path in prepare_verl_data(cfg, out):
+        print(f"wrote {path}")
+
+
 def cmd_report(args) -> None:
     from g2rl_core.pipeline.report import write_results_index
 
@@ -372,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", default=None, choices=method_names(), help="default: params.yaml's methods")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="default: params.yaml's seeds")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="data_dir=PATH, rollout.FIELD=VALUE")
+
+    p = command("prepare-data", cmd_prepare_data, "write an engine's data files (verl: parquet) for a profile")
+    p.add_argument("--format", required=True, choices=["verl"])
+    p.add_argument("--method", default="grpo", choices=method_names(), help="whose data settings (the same for all)")
+    p.add_argument("--out", default=None, help="default: build/<profile>/<format>")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="e.g. data_dir=../shared/data")
 
     p = command("report", cmd_report, "write results/README.md from the notebooks' tables and figures")
     p.add_argument("--results", default="results")

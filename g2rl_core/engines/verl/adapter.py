@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from g2rl_core.maths.shaping import ShapingConfig, exploration_scores, shape_rewards
+from g2rl_core.errors import ConfigError
+from g2rl_core.maths.shaping import ShapingConfig, exploration_scores, pairwise_cosine, shape_rewards
 
 #: Batch field holding Phi [B, d] per response, next to verl's ``log_probs`` and ``entropy``.
 PHI_KEY = "g2rl_phi"
@@ -28,6 +29,22 @@ def last_token_index(response_mask: Tensor) -> Tensor:
     return (response_mask.bool() * (positions + 1)).amax(dim=1).clamp(min=1) - 1
 
 
+def check_verifier_scale(rewards: Tensor) -> None:
+    """Refuse outcome rewards that are not +-1 (eq. 10-12 assume r in {-1, +1}).
+
+    On a {0, 1} scale eq. 10's weights become exp(0) against e and eq. 12 gives every incorrect
+    response rtilde = 0 * f = 0, so shaping would silently change meaning; ``reward.compute_score``
+    is the scorer that gives +-1.
+    """
+    bad = ~torch.isclose(rewards.abs(), torch.ones_like(rewards))
+    if bad.any():
+        seen = sorted({round(v, 6) for v in rewards[bad].tolist()})[:5]
+        raise ConfigError(
+            f"G2RL needs verifier rewards in {{-1, +1}}, got {seen} in rm_scores; wire the g2rl reward function "
+            "(reward.custom_reward_function.path=g2rl_core/engines/verl/reward.py, name=compute_score)"
+        )
+
+
 def shape_outcome_scores(
     token_scores: Tensor, response_mask: Tensor, phi: Tensor, uid: np.ndarray, cfg: ShapingConfig
 ) -> tuple[Tensor, dict[str, float]]:
@@ -35,10 +52,12 @@ def shape_outcome_scores(
 
     ``token_scores`` [B, R] holds the verifier reward (summed over each response's tokens);
     ``phi`` [B, d] the responses' features. Responses of one prompt share a uid and may sit
-    anywhere in the batch, in groups of any size. The shaped reward of eq. 13 lands on each
-    response's last token, 0 elsewhere, which is where verl's GRPO estimator reads it.
+    anywhere in the batch, in groups of any size. Rewards must be +-1 (``check_verifier_scale``).
+    The shaped reward of eq. 13 lands on each response's last token, 0 elsewhere, which is where
+    verl's GRPO estimator reads it.
     """
     rewards = (token_scores * response_mask).sum(-1).float()
+    check_verifier_scale(rewards)
     phi = phi.float()
     uid = np.asarray(uid)
     if len(uid) != len(rewards) or phi.shape[0] != len(rewards):
@@ -47,16 +66,24 @@ def shape_outcome_scores(
         )
     shaped = rewards.clone()
     nu_all = torch.zeros_like(rewards)
+    cosines = []
     for group in np.unique(uid):
         idx = torch.as_tensor(np.nonzero(uid == group)[0], device=rewards.device)
         r, f = rewards[idx].unsqueeze(0), phi[idx].unsqueeze(0)
         nu = exploration_scores(f, r)
         shaped[idx] = shape_rewards(r, nu, **cfg.kwargs())[0]
         nu_all[idx] = nu[0]
+        cosines.append(pairwise_cosine(f)[0][~torch.eye(len(idx), dtype=torch.bool, device=f.device)])
     out = torch.zeros_like(token_scores, dtype=torch.float32)
     out[torch.arange(len(shaped)), last_token_index(response_mask)] = shaped
-    metrics = {
+    cos = torch.cat(cosines) if cosines else torch.zeros(0)
+    metrics = {  # the native trainer's group_geometry statistics, over groups of any size
         "g2rl/nu_mean": nu_all.mean().item(),
+        "g2rl/nu_std": nu_all.std().item() if nu_all.numel() > 1 else 0.0,
+        "g2rl/nu_min": nu_all.min().item(),
+        "g2rl/nu_max": nu_all.max().item(),
+        "g2rl/phi_cos_mean": cos.mean().item() if cos.numel() else float("nan"),
+        "g2rl/phi_neg_share": (cos < 0).float().mean().item() if cos.numel() else float("nan"),
         "g2rl/shaped_reward_mean": shaped.mean().item(),
         "g2rl/verifier_reward_mean": rewards.mean().item(),
     }

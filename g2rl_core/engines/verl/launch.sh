@@ -4,7 +4,8 @@
 # Needs verl==0.9.1 and its GPU dependencies (see docs/engines.md). g2rl runs verl's sync V1
 # trainer as G2RLTrainer (trainer.py), which every Ray process imports through verl's
 # VERL_USE_EXTERNAL_MODULES hook (set here and in the Ray runtime env by overrides.py).
-# EVOL-RL is EVOL-RL's own reward manager in its repository; it is not wired into verl here.
+# EVOL-RL is refused on verl (docs/engines.md). Rewards: reward.py (+-1), wired by overrides.py.
+# The pipeline stage is run.py (train_with_verl): data, main_ppo with these overrides, the merger, log.jsonl.
 set -euo pipefail
 profile="$1"; method="$2"; train="$3"; val="$4"; shift 4
 if [ "$method" = "evol" ]; then

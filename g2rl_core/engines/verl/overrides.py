@@ -11,6 +11,7 @@ holds verl settings that express how the paper's method runs on verl rather than
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from g2rl_core.config import TrainConfig, load_profile
 from g2rl_core.errors import ConfigError
@@ -18,6 +19,11 @@ from g2rl_core.maths.methods import METHODS
 
 PLUGIN_ENV = "VERL_USE_EXTERNAL_MODULES"
 PLUGIN = "g2rl_core.engines.verl.trainer"
+#: The verifier as verl's reward function (+-1, as in the native engine); verl loads it by file path.
+REWARD_FUNCTION = {
+    "reward.custom_reward_function.path": str(Path(__file__).resolve().with_name("reward.py")),
+    "reward.custom_reward_function.name": "compute_score",
+}
 
 #: TrainConfig field -> verl key(s) (verl==0.9.1, config ppo_trainer).
 VERL_KEYS = {
@@ -59,7 +65,7 @@ NOT_IN_VERL_KEYS = {
     "method": "the trainer mode and the entropy coefficient, below",
     "entropy_coeff": "actor.entropy_coeff, below (0 unless the method uses the bonus)",
     "shaping": "the +g2rl block, below",
-    "encoder": "EVOL-RL is not wired into verl",
+    "encoder": "EVOL-RL is refused on verl (docs/engines.md)",
     "rollout": "rollout.name, below",
     "feature_chunk_size": "verl computes Phi from its own logits (engine.PhiCaptureEngine)",
     "threads": "CPU threads of the native engine",
@@ -98,6 +104,7 @@ def verl_overrides(cfg: TrainConfig, *, train_files: str, val_files: str) -> lis
         for key in (keys,) if isinstance(keys, str) else keys:
             values[key] = getattr(cfg, name)
     values.update(VERL_FIXED)
+    values.update(REWARD_FUNCTION)
     values["actor_rollout_ref.rollout.name"] = cfg.rollout.backend
     values["actor_rollout_ref.actor.entropy_coeff"] = cfg.entropy_coeff if method.uses_entropy_bonus else 0
     values["data.seed"] = cfg.seed
