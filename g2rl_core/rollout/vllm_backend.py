@@ -43,7 +43,9 @@ class VLLMRollout:
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
         sleep_mode: bool = False,
+        ignore_eos: bool = False,
     ):
+        """``ignore_eos`` samples every response to ``max_new_tokens`` (benchmarks/gpu_smoke.py only)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, CPU back-end only
         try:
@@ -60,7 +62,7 @@ class VLLMRollout:
                 "set rollout.sleep_mode: false on this machine"
             )
         self.tokenizer, self.chat_template = tokenizer, chat_template
-        self.sleep_mode, self.asleep, self.pending = sleep_mode, False, None
+        self.sleep_mode, self.asleep, self.pending, self.ignore_eos = sleep_mode, False, None, ignore_eos
         self.llm = LLM(
             model=model_path,
             tokenizer=model_path,
@@ -87,7 +89,8 @@ class VLLMRollout:
                 max_tokens=max_new_tokens,
                 seed=seed + i,
                 logprobs=0,
-                stop_token_ids=sorted(self.eos),
+                stop_token_ids=[] if self.ignore_eos else sorted(self.eos),
+                ignore_eos=self.ignore_eos,
             )
             for i in range(len(prompts))
         ]
