@@ -34,6 +34,8 @@ from g2rl_core.maths.shaping import ShapingConfig
 
 ROLLOUT_BACKENDS = ("transformers", "vllm")
 ENGINES = ("native", "trl", "verl")  # who runs `g2rl train` for a profile (docs/engines.md)
+PRECISIONS = ("float32", "bf16")
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ANSWER_KINDS = ("math", "choice")
 
 
@@ -108,6 +110,18 @@ def _check_unit_interval(cfg: Any, *names: str) -> None:
     for name in names:
         if not 0 < getattr(cfg, name) <= 1:
             raise ConfigError(f"{name} = {getattr(cfg, name)!r} must be in (0, 1]")
+
+
+def _check_device(device: str) -> None:
+    """ "auto", "cpu", "cuda", "cuda:N", "meta" (tests); a parse error names the field and the fix."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device = {device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
 
 
 def _dataclass_of(hint: Any) -> type | None:
@@ -190,11 +204,19 @@ class RolloutConfig:
     backend: str = "transformers"  # "transformers" (model.generate) or "vllm"
     batch_size: int = 256  # transformers: sequences per generate() call
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    # vllm only (ignored by transformers):
+    dtype: str = "float32"  # vLLM weights/compute dtype; "bfloat16" on GPUs (float32: the CPU back-end's exact match)
+    gpu_memory_utilization: float = 0.5  # share of GPU memory vLLM may take (weights + KV cache), in (0, 1]
+    enforce_eager: bool = True  # no CUDA graphs (slower decoding, less memory, faster start)
+    sleep_mode: bool = False  # offload vLLM's weights and free its KV cache while the policy trains (GPU only)
+    max_model_len: int | None = None  # prompt + response tokens vLLM plans KV cache for (None: the model's maximum)
 
     def __post_init__(self) -> None:
         _check_fields(self)
         _check_choice(self, "backend", ROLLOUT_BACKENDS)
-        _check_positive(self, "batch_size")
+        _check_choice(self, "dtype", VLLM_DTYPES)
+        _check_positive(self, "batch_size", "max_model_len")
+        _check_unit_interval(self, "gpu_memory_utilization")
 
 
 @dataclass(frozen=True)
@@ -246,10 +268,16 @@ class TrainConfig:
     checkpoint_every: int = 10  # steps between checkpoints
     keep_checkpoints: int = 1  # newest checkpoints kept in <out>/checkpoints (>= 1; may change on resume)
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    device: str = "auto"  # torch device of policy, reference and every batch tensor ("auto": cuda if available)
+    precision: str = "float32"  # "float32" or "bf16": weights and compute of policy and reference (Phi sums: float32)
+    gradient_checkpointing: bool = False  # recompute decoder activations in the update's backward (HF's switch)
+    log_prob_micro_batch_size: int = 8  # responses per no-grad forward (old policy + Phi, reference); verl's name
 
     def __post_init__(self) -> None:
         _check_fields(self)
         _check_choice(self, "method", method_names())
+        _check_choice(self, "precision", PRECISIONS)
+        _check_device(self.device)
         _check_choice(self, "loss_agg_mode", ("token-mean",))
         _check_choice(self, "train_kind", ANSWER_KINDS)
         _check_choice(self, "val_kind", ANSWER_KINDS)
@@ -272,6 +300,7 @@ class TrainConfig:
             "lr",
             "feature_chunk_size",
             "threads",
+            "log_prob_micro_batch_size",
         )
         _check_non_negative(
             self, "lr_warmup_steps", "weight_decay", "grad_clip", "kl_coef", "clip_ratio", "entropy_coeff", "seed"

@@ -10,9 +10,24 @@ from torch import Tensor
 
 from g2rl_core.errors import ConfigError
 
+PRECISION_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
-def load_policy(name_or_path: str):
-    """(model, tokenizer) in float32 from a path or hub name; the error says how to get a missing one."""
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: the first CUDA GPU when one is visible, else the CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {device!r} but torch sees no CUDA GPU here; set device: auto or cpu")
+    return resolved
+
+
+def load_policy(name_or_path: str, *, device: str | torch.device = "cpu", precision: str = "float32"):
+    """(model, tokenizer) from a path or hub name, weights in ``precision`` ("float32" | "bf16") on ``device``.
+
+    The error says how to get a missing model.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     looks_local = name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1
@@ -24,8 +39,10 @@ def load_policy(name_or_path: str):
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-    return model, tokenizer
+    if precision not in PRECISION_DTYPES:
+        raise ConfigError(f"precision = {precision!r} is not allowed; choose one of {list(PRECISION_DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=PRECISION_DTYPES[precision])
+    return model.to(resolve_device(device) if isinstance(device, str) else device), tokenizer
 
 
 def sentence_encoder(name: str) -> Callable[[list[str]], Tensor]:

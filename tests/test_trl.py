@@ -20,6 +20,7 @@ from g2rl_core.engines.trl import (  # noqa: E402
 from g2rl_core.errors import ConfigError  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("trl_split_groups.py")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(path):
@@ -93,23 +94,17 @@ def test_recorded_trl_log_maps_to_native_columns():
 
 
 def test_precision_maps_explicitly_to_grpo_config(tmp_path):
-    import dataclasses
-
     from g2rl_core.config import TrainConfig
-
-    @dataclasses.dataclass(frozen=True)
-    class WithPrecision(TrainConfig):  # the field the gpu branch adds to TrainConfig
-        precision: str = "float32"
 
     base = dict(prompts_per_step=2, rollouts_per_prompt=2, ppo_mini_batch_size=1, ppo_micro_batch_size=2)
     plain = grpo_config_from_profile(TrainConfig(**base), str(tmp_path))
-    assert (plain.bf16, plain.fp16) == (False, False)  # TRL's own default would be bf16 on
-    fp32 = grpo_config_from_profile(WithPrecision(**base, precision="float32"), str(tmp_path))
-    assert (fp32.bf16, fp32.fp16) == (False, False)
-    bf16 = grpo_config_from_profile(WithPrecision(**base, precision="bf16"), str(tmp_path))
+    assert (plain.bf16, plain.fp16) == (False, False)  # float32 by default; TRL's own default would be bf16 on
+    bf16 = grpo_config_from_profile(TrainConfig(**base, precision="bf16"), str(tmp_path))
     assert (bf16.bf16, bf16.fp16) == (True, False)
     with pytest.raises(ConfigError, match="precision = 'fp8'"):
-        grpo_config_from_profile(WithPrecision(**base, precision="fp8"), str(tmp_path))
+        TrainConfig(**base, precision="fp8")
+    tiny = grpo_config_from_profile(load_profile("tiny", REPO / "params.yaml").train_config("grpo", 0), str(tmp_path))
+    assert (tiny.bf16, tiny.fp16) == (False, False)  # the tiny profile runs float32 on every engine
 
 
 def test_checkpoint_every_step_and_resume(tiny_base, tmp_path):

@@ -7,6 +7,14 @@ reward transform in ``methods.METHODS``. Design choices:
   (``prompt_order``, as verl's dataloader) and samples ``rollouts_per_prompt`` responses each.
   Both depend only on (seed, step), so a resumed run draws exactly what an uninterrupted one would.
 - Rewards are +1 / -1 from the verifier (no parsable answer: -1).
+- Placement and precision: policy, reference and every batch tensor live on ``cfg.device``
+  ("auto": the GPU when there is one); ``precision: bf16`` holds weights and runs the decoder in
+  bfloat16, while Phi's softmax, log-probs, entropies and sums stay float32 (``features``
+  accumulates in float32 for any non-float64 input), and so do the loss and advantages.
+- Every no-grad pass (old policy with Phi, reference) runs over micro-batches of
+  ``log_prob_micro_batch_size`` responses, each trimmed to its own padding width, so its peak
+  memory depends on the micro-batch, not on prompts_per_step x rollouts_per_prompt.
+  ``gradient_checkpointing`` recomputes decoder activations in the update's backward.
 - ONE old-policy pass gives the log-probs, entropies and Phi of every response, for every
   method, so geometry (nu, Phi cosines) is logged for all of them.
 - Advantages come from the method registry, one scalar per response, broadcast to tokens.
@@ -32,6 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from g2rl_core.config import ConfigError, TrainConfig
@@ -41,6 +50,7 @@ from g2rl_core.evaluation.benchmarks import load_problems
 from g2rl_core.evaluation.runner import mean_accuracy, sample_and_score
 from g2rl_core.evaluation.verifier import verify
 from g2rl_core.maths.features import (
+    SequenceFeatures,
     causal_lm_sequence_features,
     lm_head_parameters,
     response_hidden_states,
@@ -49,7 +59,7 @@ from g2rl_core.maths.features import (
 from g2rl_core.maths.losses import ppo_clip_loss
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
-from g2rl_core.models import load_policy, sentence_encoder
+from g2rl_core.models import load_policy, resolve_device, sentence_encoder
 from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
 from g2rl_core.runlock import run_lock
@@ -57,6 +67,68 @@ from g2rl_core.runlock import run_lock
 
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
+
+
+def trimmed_rows(batch: RolloutBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt_ids, prompt_mask, response_ids, response_mask) of ``rows`` without all-padding columns.
+
+    Prompts are left-padded, so leading columns no row attends to are dropped; responses are
+    right-padded, so trailing ones are. Positions count attended tokens only
+    (``features.final_hidden_states``), so trimming changes no valid token's position. At least one
+    prompt column and one response column are kept.
+    """
+    prompt_ids, prompt_mask = batch.prompt_ids[rows], batch.prompt_mask[rows]
+    response_ids, response_mask = batch.response_ids[rows], batch.response_mask[rows]
+    used_prompt = prompt_mask.any(0).nonzero()
+    first = int(used_prompt[0]) if used_prompt.numel() else prompt_mask.shape[1] - 1
+    used_response = response_mask.any(0).nonzero()
+    width = int(used_response[-1]) + 1 if used_response.numel() else 1
+    return prompt_ids[:, first:], prompt_mask[:, first:], response_ids[:, :width], response_mask[:, :width]
+
+
+def pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[n, w] -> [n, width] with zeros on the right (differentiable)."""
+    return F.pad(x, (0, width - x.shape[1]))
+
+
+def batch_to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
+    """The batch with every tensor on ``device`` (texts unchanged)."""
+    reported = batch.sampler_logprobs
+    return RolloutBatch(
+        batch.prompt_ids.to(device),
+        batch.prompt_mask.to(device),
+        batch.response_ids.to(device),
+        batch.response_mask.to(device),
+        batch.texts,
+        None if reported is None else reported.to(device),
+    )
+
+
+@torch.no_grad()
+def micro_batched_features(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    micro_batch_size: int,
+    *,
+    temperature: float,
+    chunk_size: int | None,
+) -> SequenceFeatures:
+    """The old-policy pass (Phi eq. 8, log-probs, entropies) over micro-batches of ``micro_batch_size`` responses.
+
+    Equal to ``causal_lm_sequence_features`` over the whole batch on every valid token (each
+    micro-batch is trimmed to its own padding width; outputs are zero-padded back to [N, R]).
+    """
+    N, R = batch.response_ids.shape
+    phis, logps, ents = [], [], []
+    for start in range(0, N, micro_batch_size):
+        rows = slice(start, min(start + micro_batch_size, N))
+        out = causal_lm_sequence_features(
+            model, *trimmed_rows(batch, rows), temperature=temperature, chunk_size=chunk_size
+        )
+        phis.append(out.phi)
+        logps.append(pad_right(out.logprobs, R))
+        ents.append(pad_right(out.entropy, R))
+    return SequenceFeatures(phi=torch.cat(phis), logprobs=torch.cat(logps), entropy=torch.cat(ents))
 
 
 class Trainer:
@@ -72,8 +144,13 @@ class Trainer:
                 f"prompts_per_step = {cfg.prompts_per_step} exceeds the {len(self.train_problems)} "
                 f"problems in {cfg.train_data}"
             )
-        self.model, self.tokenizer = load_policy(cfg.model)
+        self.device = resolve_device(cfg.device)
+        self.model, self.tokenizer = load_policy(cfg.model, device=self.device, precision=cfg.precision)
+        # the reference: same precision, same device, never trained, never checkpointed
         self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None
+        if cfg.gradient_checkpointing:  # HF recomputes each decoder layer in backward (training mode only)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
         self.backend = make_rollout(cfg.rollout, self.model, self.tokenizer, model_path=cfg.model, seed=cfg.seed)
         self.method = METHODS[cfg.method]
         self.encode = sentence_encoder(cfg.encoder) if self.method.needs_encoder else None
@@ -170,20 +247,30 @@ class Trainer:
         return problems, batch
 
     def logprobs(self, model: torch.nn.Module, batch: RolloutBatch, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs, entropies [n, R] of responses ``rows`` under ``model`` (update and reference pass)."""
-        hidden = response_hidden_states(
-            model, batch.prompt_ids[rows], batch.prompt_mask[rows], batch.response_ids[rows], batch.response_mask[rows]
-        )
+        """Log-probs, entropies [n, R] (float32) of responses ``rows`` under ``model`` (update and reference pass).
+
+        The rows are trimmed to their own padding width for the forward and zero-padded back to R.
+        """
+        prompt_ids, prompt_mask, response_ids, response_mask = trimmed_rows(batch, rows)
+        hidden = response_hidden_states(model, prompt_ids, prompt_mask, response_ids, response_mask)
         weight, bias = lm_head_parameters(model)
-        return token_logprobs_and_entropy(
+        logp, entropy = token_logprobs_and_entropy(
             hidden,
             weight,
-            batch.response_ids[rows],
-            batch.response_mask[rows],
+            response_ids,
+            response_mask,
             lm_head_bias=bias,
             temperature=self.cfg.temperature,
             chunk_size=self.cfg.feature_chunk_size,
         )
+        R = batch.response_ids.shape[1]
+        return pad_right(logp, R), pad_right(entropy, R)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N, R] log-probs under the frozen reference, over micro-batches of ``log_prob_micro_batch_size``."""
+        N, size = batch.response_ids.shape[0], self.cfg.log_prob_micro_batch_size
+        return torch.cat([self.logprobs(self.ref, batch, slice(s, min(s + size, N)))[0] for s in range(0, N, size)])
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs) -> dict:
         """PPO-clip epochs over mini-batches (one optimiser step each) of micro-batches (eq. 4, ``ppo_clip_loss``)."""
@@ -237,28 +324,33 @@ class Trainer:
         cfg, start = self.cfg, time.perf_counter()
         G, m = cfg.prompts_per_step, cfg.rollouts_per_prompt
         problems, batch = self.rollout()
+        sleep = getattr(self.backend, "sleep", None)
+        if sleep is not None:  # vLLM sleep mode: free its KV cache and weights while the policy trains
+            sleep()
+        batch = batch_to(batch, self.device)
         verdicts = [verify(text, problems[i // m].answer, problems[i // m].kind) for i, text in enumerate(batch.texts)]
         rewards = torch.tensor([v.reward for v in verdicts]).view(G, m)
         parsable = torch.tensor([v.extracted is not None for v in verdicts]).view(G, m)
-        old = causal_lm_sequence_features(
+        self.model.eval()
+        old = micro_batched_features(
             self.model,
-            batch.prompt_ids,
-            batch.prompt_mask,
-            batch.response_ids,
-            batch.response_mask,
+            batch,
+            cfg.log_prob_micro_batch_size,
             temperature=cfg.temperature,
             chunk_size=cfg.feature_chunk_size,
         )
-        ref_logprobs = None
-        if self.ref is not None:
-            with torch.no_grad():
-                ref_logprobs, _ = self.logprobs(self.ref, batch, slice(None))
-        phi = old.phi.view(G, m, -1)
+        ref_logprobs = self.reference_logprobs(batch) if self.ref is not None else None
+        phi = old.phi.view(G, m, -1).cpu()  # the method's maths (groups, shaping) runs on small CPU tensors
         advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(
             -1
         )
-        stats = self.update(batch, advantages.float(), old.logprobs, ref_logprobs)
+        stats = self.update(batch, advantages.float().to(self.device), old.logprobs, ref_logprobs)
+        wake = getattr(self.backend, "wake_up", None)
+        if wake is not None:
+            wake()
         mask = batch.response_mask.float()
+        entropy_mean = ((old.entropy * mask).sum() / mask.sum()).item()
+        mask = mask.cpu()
         seconds = time.perf_counter() - start
         self.step += 1
         return {
@@ -267,7 +359,7 @@ class Trainer:
             "reward_mean": rewards.mean().item(),
             "accuracy": (rewards > 0).float().mean().item(),
             "response_length_mean": mask.sum(1).mean().item(),
-            "entropy_mean": ((old.entropy * mask).sum() / mask.sum()).item(),
+            "entropy_mean": entropy_mean,
             **stats,
             **group_geometry(phi, rewards),
             "advantage_abs_mean": advantages.abs().mean().item(),

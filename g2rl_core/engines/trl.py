@@ -46,7 +46,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
-from g2rl_core.config import RolloutConfig, TrainConfig
+from g2rl_core.config import PRECISIONS, RolloutConfig, TrainConfig
 from g2rl_core.engines import checkpoint as ckpt
 from g2rl_core.errors import ConfigError, G2RLError
 from g2rl_core.evaluation.runner import mean_accuracy, sample_and_score
@@ -57,8 +57,6 @@ from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
 from g2rl_core.rollout import format_prompt, left_pad, make_rollout, right_pad
 from g2rl_core.runlock import run_lock
-
-PRECISIONS = {"float32": False, "fp32": False, "bf16": True, "bfloat16": True}  # name -> GRPOConfig.bf16
 
 # TRL's log_history names -> the native engine's log.jsonl columns (engines/native.py, Trainer.train_step).
 TRL_TO_NATIVE = {
@@ -91,7 +89,7 @@ def precision_flags(precision: str) -> dict[str, bool]:
     """GRPOConfig's ``bf16``/``fp16`` for a profile's ``precision`` (never TRL's default, which is bf16 on)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision = {precision!r} is not allowed; choose one of {list(PRECISIONS)}")
-    return {"bf16": PRECISIONS[precision], "fp16": False}
+    return {"bf16": precision == "bf16", "fp16": False}
 
 
 def optimizer_steps_per_step(cfg: TrainConfig) -> int:
@@ -143,8 +141,8 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         scale_rewards="none",  # the hook returns finished eq. 2 advantages
         use_vllm=use_vllm,
         **({"vllm_mode": "colocate", "vllm_enable_sleep_mode": True} if use_vllm else {}),
-        gradient_checkpointing=bool(getattr(cfg, "gradient_checkpointing", True)),  # TRL's default, made explicit
-        **precision_flags(getattr(cfg, "precision", "float32")),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        **precision_flags(cfg.precision),
         logging_steps=per_step,
         report_to=[],
         save_strategy="steps",

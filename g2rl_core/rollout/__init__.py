@@ -39,5 +39,15 @@ def make_rollout(cfg: RolloutConfig, model, tokenizer, *, model_path: str, seed:
     if cfg.backend == "vllm":
         from g2rl_core.rollout.vllm_backend import VLLMRollout
 
-        return VLLMRollout(model_path, tokenizer, chat_template=cfg.chat_template, seed=seed)
+        return VLLMRollout(
+            model_path,
+            tokenizer,
+            chat_template=cfg.chat_template,
+            seed=seed,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=cfg.enforce_eager,
+            sleep_mode=cfg.sleep_mode,
+        )
     return TransformersRollout(model, tokenizer, chat_template=cfg.chat_template, batch_size=cfg.batch_size)

@@ -30,8 +30,8 @@ class TransformersRollout:
         sampler_logprobs: list[list[float]] = []
         try:
             for start in range(0, len(expanded), self.batch_size):
-                ids = prompt_ids[start : start + self.batch_size]
-                mask = prompt_mask[start : start + self.batch_size]
+                ids = prompt_ids[start : start + self.batch_size].to(self.model.device)
+                mask = prompt_mask[start : start + self.batch_size].to(self.model.device)
                 out = self.model.generate(
                     input_ids=ids,
                     attention_mask=mask,

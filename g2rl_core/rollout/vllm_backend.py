@@ -9,6 +9,13 @@ Log-probs are reported after temperature scaling (``logprobs_mode="processed_log
 which is what the trainer recomputes. Prompts are tokenised here, exactly as for the
 transformers back-end, and passed to the engine as token ids.
 
+Settings (``RolloutConfig``): ``dtype`` ("bfloat16" on GPUs), ``gpu_memory_utilization`` (vLLM's
+share of the GPU, weights + KV cache), ``enforce_eager`` and ``sleep_mode``. With sleep mode the
+trainer calls ``sleep()`` once a step's responses are in (level 1: weights offloaded to CPU, KV
+cache freed, so the policy's update has the GPU) and ``wake_up()`` after the update; a weight
+sync requested while asleep is applied at wake-up. vLLM's sleep mode needs CUDA: on any other
+platform ``sleep_mode: true`` is refused with a ConfigError before the engine loads.
+
 vLLM and this package's main environment pin different numpy versions; the README's
 vLLM section sets up a separate environment (``scripts/setup_extra.sh vllm``).
 """
@@ -34,7 +41,11 @@ class VLLMRollout:
         dtype: str = "float32",
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        sleep_mode: bool = False,
+        ignore_eos: bool = False,
     ):
+        """``ignore_eos`` samples every response to ``max_new_tokens`` (benchmarks/gpu_smoke.py only)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, CPU back-end only
         try:
@@ -45,13 +56,20 @@ class VLLMRollout:
                 "(bash scripts/setup_extra.sh vllm, then .venv-vllm/bin/g2rl ...) or set rollout.backend=transformers"
             ) from err
 
+        if sleep_mode and not torch.cuda.is_available():
+            raise ConfigError(
+                "rollout.sleep_mode = true needs a CUDA GPU (vLLM's sleep mode is CUDA-only); "
+                "set rollout.sleep_mode: false on this machine"
+            )
         self.tokenizer, self.chat_template = tokenizer, chat_template
+        self.sleep_mode, self.asleep, self.pending, self.ignore_eos = sleep_mode, False, None, ignore_eos
         self.llm = LLM(
             model=model_path,
             tokenizer=model_path,
             dtype=dtype,
             seed=seed,
-            enforce_eager=True,
+            enforce_eager=enforce_eager,
+            enable_sleep_mode=sleep_mode,
             logprobs_mode="processed_logprobs",
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -71,7 +89,8 @@ class VLLMRollout:
                 max_tokens=max_new_tokens,
                 seed=seed + i,
                 logprobs=0,
-                stop_token_ids=sorted(self.eos),
+                stop_token_ids=[] if self.ignore_eos else sorted(self.eos),
+                ignore_eos=self.ignore_eos,
             )
             for i in range(len(prompts))
         ]
@@ -94,8 +113,26 @@ class VLLMRollout:
             reported,
         )
 
+    def sleep(self) -> None:
+        """Free the GPU for the policy's update (sleep mode only; a no-op otherwise)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        """Restore the engine, then apply the newest weight sync requested while asleep."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+            if self.pending is not None:
+                model, self.pending = self.pending, None
+                self.sync_weights(model)
+
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
+        if self.asleep:  # weights are offloaded; push them once the engine is awake
+            self.pending = model
+            return
         weights = [(name, tensor.detach().clone()) for name, tensor in model.state_dict().items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
