@@ -5,7 +5,10 @@ import torch
 from conftest import tiny_qwen3
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from g2rl_core.maths import features
 from g2rl_core.maths.features import (
     PhiSums,
     causal_lm_sequence_features,
@@ -275,3 +278,125 @@ def test_phi_sums_from_logits_input_errors():
         phi_sums_from_logits(logits, rows, ids, w, segs, 1, W, temperature=0.0)
     with pytest.raises(ValueError, match="temperature"):
         phi_sums_from_logits(logits, rows, ids, w, segs, 1, W, temperature=torch.ones(3))
+
+
+def _dense_statistics(h, W, b, ids, mask, temperature):
+    """Reference log p(y_t) and entropy [B, T] from the full [B, T, V] log-softmax."""
+    logp_all = torch.log_softmax((h @ W.T + b) / temperature, -1)
+    logprobs = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
+    return logprobs, entropy
+
+
+def test_gradients_of_logprobs_and_entropy_match_the_dense_log_softmax():
+    """The update pass backpropagates through log p(y_t) (policy loss) and H(p_t) (entropy bonus)."""
+    h, W, b, ids, mask = _random_head(11)
+    coef = torch.randn(2, *ids.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    leaves = [t.clone().requires_grad_(True) for t in (h, W, b)]
+    lp, ent = token_logprobs_and_entropy(
+        leaves[0], leaves[1], ids, mask, lm_head_bias=leaves[2], temperature=0.7, chunk_size=4
+    )
+    got = torch.autograd.grad((coef[0] * lp + coef[1] * ent).sum(), leaves)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (h, W, b)]
+    ref_lp, ref_ent = _dense_statistics(*ref_leaves, ids, mask, 0.7)
+    expected = torch.autograd.grad((coef[0] * ref_lp + coef[1] * ref_ent).sum(), ref_leaves)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+def test_update_pass_gives_bitwise_the_old_policy_numbers():
+    """With and without autograd the same kernels run: the PPO ratio exp(logp - old_logp) is exactly 1 on-policy."""
+    h, W, b, ids, mask = _random_head(12, B=2, T=9, V=301, dtype=torch.float32)
+    old = sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=0.7, chunk_size=4)
+    lp, ent = token_logprobs_and_entropy(
+        h.clone().requires_grad_(True), W, ids, mask, lm_head_bias=b, temperature=0.7, chunk_size=4
+    )
+    assert torch.equal(lp.detach(), old.logprobs) and torch.equal(ent.detach(), old.entropy)
+
+
+def test_float32_statistics_are_accurate_at_a_full_qwen3_vocabulary():
+    """At V = 151936 in float32, errors stay at the lean pass's level (a plain dot product over V would not)."""
+    g = torch.Generator().manual_seed(4)
+    V, d = 151936, 16
+    h = torch.randn(1, 6, d, generator=g)
+    W = torch.randn(V, d, generator=g) * d**-0.5
+    ids = torch.randint(0, V, (1, 6), generator=g)
+    mask = torch.ones(1, 6, dtype=torch.long)
+    ref_lp, ref_ent = _dense_statistics(h.double(), W.double(), torch.zeros(V, dtype=torch.float64), ids, mask, 1.0)
+    lp, ent = token_logprobs_and_entropy(h, W, ids, mask, chunk_size=4)
+    feats = sequence_features(h, W, ids, mask, chunk_size=4)
+    for got, ref in [(lp, ref_lp), (ent, ref_ent), (feats.logprobs, ref_lp), (feats.entropy, ref_ent)]:
+        assert (got.double() - ref).abs().max().item() <= 1e-5  # |values| ~ 12: relative 1e-6
+
+
+class _LargeAllocations(TorchDispatchMode):
+    """Records every op whose output is a NEW tensor of at least ``numel`` elements (not a view, not out=)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        inputs = {t.untyped_storage().data_ptr() for t in tensors}
+        out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.numel() >= self.numel and t.untyped_storage().data_ptr() not in inputs:
+                self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vocabulary_passes_allocate_two_chunk_buffers_whatever_the_number_of_chunks(bias, dtype):
+    """No [c, V] temporaries per chunk (logsumexp, division by T, exp, products): two buffers serve all chunks."""
+    c, V = 16, 97
+    h, W, b, ids, mask = _random_head(13, B=2, T=40, d=8, V=V, dtype=dtype)  # ~5 chunks; B*V, V*d < c*V
+    b = b if bias else None
+    calls = {
+        "sequence_features": lambda: sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=0.7, chunk_size=c),
+        "token_logprobs_and_entropy": lambda: token_logprobs_and_entropy(
+            h, W, ids, mask, lm_head_bias=b, temperature=0.7, chunk_size=c
+        ),
+    }
+    logits = torch.randn(90, V, dtype=dtype)
+    rows = torch.arange(3, 83)
+    calls["phi_sums_from_logits"] = lambda: phi_sums_from_logits(
+        logits, rows, rows % V, torch.ones(80, dtype=dtype), (rows - 3) // 40, 2, W, temperature=0.7, chunk_size=c
+    )
+    for name, call in calls.items():
+        with torch.no_grad(), _LargeAllocations(c * V) as seen:
+            call()
+        assert len(seen.ops) <= 2, f"{name}: {seen.ops}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_by_runs_equals_the_one_product_form(seed):
+    """CPU adds sum_t a_t (e(y_t) - p_t) run by run, other devices in one [S, c] x [c, V] product: same sums."""
+    g = torch.Generator().manual_seed(seed)
+    c, V, S = 12, 31, 4
+    probs = torch.softmax(torch.randn(c, V, generator=g, dtype=torch.float64), -1)
+    weights = torch.rand(c, generator=g, dtype=torch.float64)
+    owner = torch.randint(0, S, (c,), generator=g)  # runs of any length, in any order
+    ids = torch.randint(0, V, (c,), generator=g)
+    expected = torch.zeros(S, V, dtype=torch.float64)
+    for i in range(c):
+        expected[owner[i]] += weights[i] * (torch.nn.functional.one_hot(ids[i], V) - probs[i])
+    by_runs = torch.zeros(S, V, dtype=torch.float64)
+    features._accumulate_residual(by_runs, probs, weights, owner, ids)
+    one_product = torch.zeros(S, V, dtype=torch.float64)
+    features._accumulate_residual(one_product, probs, weights, owner, ids, by_runs=False)
+    torch.testing.assert_close(by_runs, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(one_product, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_low_precision_head_is_projected_in_float32_blocks(monkeypatch):
+    """A bf16 LM head: Phi's [S, V] x [V, d] product runs in float32, block by block, equal to a float32 copy."""
+    monkeypatch.setattr(features, "_HEAD_BLOCK_ROWS", 7)
+    g = torch.Generator().manual_seed(6)
+    residual = torch.randn(3, 30, generator=g)
+    W = torch.randn(30, 5, generator=g).to(torch.bfloat16)
+    got = features._project_residual(residual, W)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, residual @ W.float(), rtol=1e-5, atol=1e-5)

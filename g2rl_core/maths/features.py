@@ -8,14 +8,20 @@ p_t = softmax(z_t / T):
     phi_t = W^T (e(y_t) - p_t) = W[y_t] - sum_v p_t[v] W[v]                 (eq. 7, 14)
     Phi   = sum_t a_t phi_t,   a_t = alpha_t / (sum_s alpha_s + eps)        (eq. 8)
 
-We use the residual-sum identity (exact algebra)
+We use the residual-sum identity (exact algebra: eq. 7 summed before the product with W)
 
-    Phi = sum_t a_t W[y_t]  -  W^T ( sum_t a_t p_t )
+    Phi = W^T r,   r = sum_t a_t (e(y_t) - p_t)   (in vocabulary space, [V])
 
 so each response costs one [V] x [V, d] product instead of one per token, and the
 per-token softmax is the one the log-prob pass computes anyway. ``sequence_features``
 returns Phi, the log-probs of the realised tokens and the token entropies from a single
 pass over the vocabulary, chunked over tokens so that no [B, T, V] tensor is ever held.
+
+Cost, per chunk of c tokens: the [c, d] x [d, V] logits GEMM (1/T folded into it), one fused
+softmax, two max reductions, one product and one sum over [c, V] (no logsumexp, and without
+autograd no [c, V] temporaries: two [c, V] buffers serve every chunk), and for Phi one
+matrix-vector product per sequence in the chunk; per batch one [B, V] x [V, d] product.
+benchmarks/features.py measures it against a lean log-prob + entropy pass.
 
 ``phi_sums_from_logits`` does the same from LM-head outputs an engine has already computed
 (verl's packed log-prob pass), as per-sequence sums that add up across sequence-parallel shards.
@@ -54,39 +60,89 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _softmax_statistics(
-    logits: Tensor, token_ids: Tensor, temperature: float | Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(p_t [c, V], log p(y_t) [c], entropy [c]) of LM-head outputs ``logits`` [c, V] at ``temperature``.
+def _tracks_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (then no buffer may be reused)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
-    ``temperature`` is a float or a per-token [c, 1] tensor; ``logits`` is already in the compute dtype.
+
+def _scaled_logits(
+    hidden: Tensor, lm_head_weight: Tensor, lm_head_bias: Tensor | None, temperature: float, out: Tensor | None
+) -> Tensor:
+    """z_t / T = (W h_t + b) / T for the rows of ``hidden`` [c, d]: [c, V] in one GEMM.
+
+    1/T is the GEMM's alpha (and the bias's beta), so no separate pass over [c, V] divides by T.
+    ``out`` (only without autograd) receives the result in place of a new [c, V] allocation.
     """
-    logits = logits / temperature
-    log_z = torch.logsumexp(logits, dim=-1)
-    probs = torch.exp(logits - log_z.unsqueeze(-1))
-    logprob = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_z
-    entropy = log_z - (probs * logits).sum(-1)
+    inv_t = 1.0 / temperature
+    if lm_head_bias is None:  # beta = 0: the scalar input is never read
+        return torch.addmm(hidden.new_zeros(()), hidden, lm_head_weight.T, beta=0.0, alpha=inv_t, out=out)
+    return torch.addmm(lm_head_bias, hidden, lm_head_weight.T, beta=inv_t, alpha=inv_t, out=out)
+
+
+def _softmax_statistics(
+    scaled_logits: Tensor, token_ids: Tensor, probs_out: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(p_t [c, V], log p(y_t) [c], entropy of p_t [c]) from z_t / T [c, V] in the compute dtype.
+
+    p_t = softmax(z_t / T) is one fused pass per row. The log-partition log Z_t is read off it instead
+    of a separate logsumexp (which builds two [c, V] temporaries): the largest probability is
+    exp(max_v z_v / T - log Z_t), so log Z_t = max_v z_v / T - log max_v p_t[v], and max_v p_t[v] >= 1/V
+    cannot underflow. Then log p(y_t) = z_{y_t} / T - log Z_t and H(p_t) = log Z_t - sum_v p_t[v] z_v / T
+    (a pairwise-summed reduction, as accurate as the lean pass's). All of it is differentiable.
+    With ``probs_out`` (only without autograd) p_t is written there and the product p_t[v] z_v into
+    ``scaled_logits`` itself, so no [c, V] tensor is allocated; the arithmetic is the same either way.
+    """
+    z = scaled_logits
+    probs = torch.softmax(z, -1) if probs_out is None else torch.softmax(z, -1, out=probs_out)
+    log_z = z.amax(-1) - probs.amax(-1).log()
+    logprob = z.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_z
+    weighted = probs * z if probs_out is None else z.mul_(probs)
+    entropy = log_z - weighted.sum(-1)
     return probs, logprob, entropy
 
 
-def _accumulate_phi(
-    realised: Tensor,
-    prob_residual: Tensor,
-    probs: Tensor,
-    weights: Tensor,
-    owner: Tensor,
-    token_ids: Tensor,
-    lm_head_weight: Tensor,
+def _accumulate_residual(
+    residual: Tensor, probs: Tensor, weights: Tensor, owner: Tensor, token_ids: Tensor, *, by_runs: bool | None = None
 ) -> None:
-    """Add a chunk's sum_t w_t W[y_t] to ``realised`` [S, d] and sum_t w_t p_t to ``prob_residual`` [S, V].
+    """residual[owner_i] += w_i (e(y_i) - p_i) for every token i of a chunk, in place.
 
-    Row ``owner[i]`` receives token i. The caller finishes Phi as realised - prob_residual @ W.
+    Summed over a sequence's tokens this is sum_t a_t (e(y_t) - p_t), whose product with W is Phi
+    (eq. 7, 8, 14). ``by_runs`` (default: on CPU) adds the probability part as one matrix-vector
+    product per run of consecutive tokens of one sequence, reading each row of ``probs`` once; a
+    dense [S, c] x [c, V] product costs about S passes over ``probs`` with CPU BLAS. Otherwise (GPU)
+    it is that one product, with no host synchronisation.
     """
-    # [S, c] matrix placing each token's weight in its owner's row.
-    scatter = probs.new_zeros(realised.shape[0], owner.numel())
-    scatter[owner, torch.arange(owner.numel(), device=owner.device)] = weights
-    prob_residual += scatter @ probs
-    realised.index_add_(0, owner, weights.unsqueeze(-1) * lm_head_weight.index_select(0, token_ids).to(realised.dtype))
+    residual.index_put_((owner, token_ids), weights.to(residual.dtype), accumulate=True)
+    if by_runs is None:
+        by_runs = probs.device.type == "cpu"
+    if not by_runs:
+        scatter = probs.new_zeros(residual.shape[0], owner.numel())
+        scatter[owner, torch.arange(owner.numel(), device=owner.device)] = weights.to(probs.dtype)
+        residual.addmm_(scatter, probs, alpha=-1)
+        return
+    owners, counts = torch.unique_consecutive(owner, return_counts=True)
+    start = 0
+    for row, count in zip(owners.tolist(), counts.tolist(), strict=True):
+        residual[row].addmv_(probs[start : start + count].T, weights[start : start + count], alpha=-1)
+        start += count
+
+
+#: Rows of a low-precision LM head converted to the compute dtype at a time in ``_project_residual``.
+_HEAD_BLOCK_ROWS = 8192
+
+
+def _project_residual(residual: Tensor, lm_head_weight: Tensor) -> Tensor:
+    """residual [S, V] x W [V, d] -> [S, d] in the residual's dtype: the one vocabulary-sized product per batch.
+
+    A head stored in another dtype (bf16) is converted block by block, never as a full copy.
+    """
+    if lm_head_weight.dtype == residual.dtype:
+        return residual @ lm_head_weight
+    out = residual.new_zeros(residual.shape[0], lm_head_weight.shape[1])
+    for start in range(0, lm_head_weight.shape[0], _HEAD_BLOCK_ROWS):
+        block = slice(start, start + _HEAD_BLOCK_ROWS)
+        out.addmm_(residual[:, block], lm_head_weight[block].to(residual.dtype))
+    return out
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -107,6 +163,8 @@ def _masked_token_chunks(
 
     Only positions with ``token_mask != 0`` are computed. ``flat_index`` indexes the
     flattened [B * T] grid; ``probs`` is the [c, V] softmax of the chunk at ``temperature``.
+    Without autograd, every chunk's logits and ``probs`` live in the same two [c, V] buffers:
+    ``probs`` is valid until the next chunk is requested.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -122,17 +180,31 @@ def _masked_token_chunks(
             f"must both have shape [B, T] = {(B, T)}"
         )
     flat_index = token_mask.reshape(-1).nonzero().squeeze(-1)
+    n = int(flat_index.numel())
     flat_h = hidden_states.reshape(B * T, d)
     flat_ids = token_ids.reshape(-1)
-    step = chunk_size or max(int(flat_index.numel()), 1)
+    step = chunk_size or max(n, 1)
     acc = _compute_dtype(hidden_states.dtype)
-    for start in range(0, int(flat_index.numel()), step):
+    reuse = not _tracks_grad(hidden_states, lm_head_weight, lm_head_bias)
+    logits_buf = probs_buf = None
+    if reuse and n > 0:
+        rows, V = min(step, n), lm_head_weight.shape[0]
+        logits_buf = hidden_states.new_empty(rows, V, dtype=torch.result_type(hidden_states, lm_head_weight))
+        probs_buf = hidden_states.new_empty(rows, V, dtype=acc)
+    for start in range(0, n, step):
         idx = flat_index[start : start + step]
-        logits = flat_h.index_select(0, idx) @ lm_head_weight.T
-        if lm_head_bias is not None:
-            logits = logits + lm_head_bias
+        c = int(idx.numel())
+        z = _scaled_logits(
+            flat_h.index_select(0, idx),
+            lm_head_weight,
+            lm_head_bias,
+            temperature,
+            out=None if logits_buf is None else logits_buf[:c],
+        )
         ids = flat_ids.index_select(0, idx)
-        probs, logprob, entropy = _softmax_statistics(logits.to(acc), ids, temperature)
+        probs, logprob, entropy = _softmax_statistics(
+            z.to(acc), ids, probs_out=None if probs_buf is None else probs_buf[:c]
+        )
         yield idx, probs, logprob, entropy, ids
 
 
@@ -149,18 +221,26 @@ def token_logprobs_and_entropy(
     """Log p(y_t) and entropy of p_t at ``temperature``, [B, T] each, 0 off the mask.
 
     This is what a GRPO trainer computes every step without G2RL (the benchmark's
-    baseline). It is differentiable, so the trainer's update pass uses it too.
+    baseline). It is differentiable, so the trainer's update pass uses it too; with and
+    without autograd it runs the same kernels, so both give bitwise the same numbers.
     """
     B, T, _ = hidden_states.shape
     acc = _compute_dtype(hidden_states.dtype)
-    logprobs = hidden_states.new_zeros(B * T, dtype=acc)
-    entropy = hidden_states.new_zeros(B * T, dtype=acc)
+    index, logprobs, entropy = [], [], []
     for idx, _probs, logprob, ent, _ids in _masked_token_chunks(
         hidden_states, lm_head_weight, lm_head_bias, response_ids, response_mask, temperature, chunk_size
     ):
-        logprobs = logprobs.index_copy(0, idx, logprob)
-        entropy = entropy.index_copy(0, idx, ent)
-    return logprobs.view(B, T), entropy.view(B, T)
+        index.append(idx)
+        logprobs.append(logprob)
+        entropy.append(ent)
+    zeros = hidden_states.new_zeros(B * T, dtype=acc)
+    if not index:
+        return zeros.view(B, T), zeros.clone().view(B, T)
+    index = torch.cat(index)
+    return (
+        zeros.index_copy(0, index, torch.cat(logprobs)).view(B, T),
+        zeros.index_copy(0, index, torch.cat(entropy)).view(B, T),
+    )
 
 
 def normalized_token_weights(response_mask: Tensor, token_weights: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -207,34 +287,23 @@ def sequence_features(
         SequenceFeatures with phi [B, d], logprobs [B, T], entropy [B, T]. A response
         with an empty mask (or all-zero weights) gets phi = 0.
 
-    Each response needs one [V] x [V, d] product: Phi = sum_t a_t W[y_t] - W^T sum_t a_t p_t.
+    Each response needs one [V] x [V, d] product: Phi = W^T sum_t a_t (e(y_t) - p_t).
     Phi is returned in the compute dtype (float32, or float64 for float64 inputs).
     """
-    B, T, d = hidden_states.shape
+    B, T, _ = hidden_states.shape
     acc = _compute_dtype(hidden_states.dtype)
     a = normalized_token_weights(response_mask, token_weights, acc).reshape(-1)
-    batch_of_token = torch.arange(B, device=hidden_states.device).repeat_interleave(T)
     logprobs = hidden_states.new_zeros(B * T, dtype=acc)
     entropy = hidden_states.new_zeros(B * T, dtype=acc)
-    # sum_t a_t p_t per response, in vocabulary space: [B, V]
-    prob_residual = hidden_states.new_zeros(B, lm_head_weight.shape[0], dtype=acc)
-    # sum_t a_t W[y_t] per response: [B, d]
-    realised = hidden_states.new_zeros(B, d, dtype=acc)
+    # sum_t a_t (e(y_t) - p_t) per response, in vocabulary space: [B, V]
+    residual = hidden_states.new_zeros(B, lm_head_weight.shape[0], dtype=acc)
     for idx, probs, logprob, ent, ids in _masked_token_chunks(
         hidden_states, lm_head_weight, lm_head_bias, response_ids, response_mask, temperature, chunk_size
     ):
         logprobs.index_copy_(0, idx, logprob)
         entropy.index_copy_(0, idx, ent)
-        _accumulate_phi(
-            realised,
-            prob_residual,
-            probs,
-            a.index_select(0, idx),
-            batch_of_token.index_select(0, idx),
-            ids,
-            lm_head_weight,
-        )
-    phi = realised - prob_residual @ lm_head_weight.to(acc)
+        _accumulate_residual(residual, probs, a.index_select(0, idx), idx.div(T, rounding_mode="floor"), ids)
+    phi = _project_residual(residual, lm_head_weight)
     return SequenceFeatures(phi=phi, logprobs=logprobs.view(B, T), entropy=entropy.view(B, T))
 
 
@@ -288,7 +357,7 @@ def phi_sums_from_logits(
     (sequence parallelism) are all-reduced before ``phi_from_sums``.
     """
     _check_chunk_size(chunk_size)
-    V, d = lm_head_weight.shape
+    V = lm_head_weight.shape[0]
     if logits.shape[-1] != V:
         raise ValueError(f"logits have {logits.shape[-1]} columns; lm_head_weight has V = {V} rows")
     n = rows.numel()
@@ -302,18 +371,28 @@ def phi_sums_from_logits(
         raise ValueError("temperature must be > 0")
     flat = logits.reshape(-1, V)
     acc = _compute_dtype(logits.dtype)
-    realised = flat.new_zeros(num_segments, d, dtype=acc)
-    prob_residual = flat.new_zeros(num_segments, V, dtype=acc)
+    residual = flat.new_zeros(num_segments, V, dtype=acc)
     weights = token_weights.to(acc)
     step = chunk_size or max(n, 1)
+    logits_buf = probs_buf = None
+    if n > 0:  # two [c, V] buffers serve every chunk
+        probs_buf = flat.new_empty(min(step, n), V, dtype=acc)
+        logits_buf = probs_buf.new_empty(probs_buf.shape) if flat.dtype == acc else None
     for start in range(0, n, step):
         chunk = slice(start, start + step)
-        ids = token_ids[chunk]
-        t = temperature[chunk].to(acc).unsqueeze(-1) if per_row_temperature else temperature
-        probs, _, _ = _softmax_statistics(flat.index_select(0, rows[chunk]).to(acc), ids, t)
-        _accumulate_phi(realised, prob_residual, probs, weights[chunk], segment_ids[chunk], ids, lm_head_weight)
+        c = int(rows[chunk].numel())
+        if logits_buf is None:
+            z = flat.index_select(0, rows[chunk]).to(acc)
+        else:
+            z = torch.index_select(flat, 0, rows[chunk], out=logits_buf[:c])
+        if per_row_temperature:
+            z.div_(temperature[chunk].to(acc).unsqueeze(-1))
+        elif temperature != 1.0:
+            z.div_(temperature)
+        probs = torch.softmax(z, -1, out=probs_buf[:c])
+        _accumulate_residual(residual, probs, weights[chunk], segment_ids[chunk], token_ids[chunk])
     weight_sum = weights.new_zeros(num_segments).index_add_(0, segment_ids, weights)
-    return PhiSums(weighted=realised - prob_residual @ lm_head_weight.to(acc), weight=weight_sum)
+    return PhiSums(weighted=_project_residual(residual, lm_head_weight), weight=weight_sum)
 
 
 @torch.no_grad()
