@@ -22,11 +22,16 @@ Time bound and independence. Each math check has a helper process to itself, fro
 of any process (worker processes and daemonic ``multiprocessing`` workers included). Helpers are
 forked from a fork server that imported and warmed up math-verify and SymPy once, before
 anything was timed, so no import is ever cut short. A helper is reused while it answers within
-``timeout_s``; a check that runs over kills its helper (a fresh fork replaces it in
-milliseconds), so a slow or hostile answer can neither hold up nor poison another check. The
-bound starts when the check is sent to its helper: starting the fork server (2-4 s, once per
-process) and waiting for a free helper when ``MAX_HELPERS`` are busy do not count. No signal or
-timer of the caller's process is touched.
+its bound; a check that runs over kills its helper (a fresh fork replaces it in milliseconds),
+so a slow or hostile answer can neither hold up nor poison another check.
+
+The bound ``timeout_s`` is on the CPU time the check uses in its helper (read from /proc on
+Linux; elsewhere it is wall-clock time), so a verdict does not depend on how loaded the machine
+is: hostile answers burning CPU next to a correct one cannot push it over its bound. A check
+also ends after ``WALL_CAP_FACTOR * timeout_s`` wall-clock seconds, however loaded the machine.
+On an unloaded machine the two agree and a call returns within ``timeout_s`` plus milliseconds.
+Not counted: starting the fork server (2-4 s, once per process) and waiting for a free helper
+when ``MAX_HELPERS`` are busy. No signal or timer of the caller's process is touched.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import select
 import socket
@@ -54,6 +60,7 @@ DEFAULT_TIMEOUT_S = 5.0
 CHOICE_LETTERS = "ABCDEFGHIJ"
 MAX_HELPERS = 32  # helper processes per process at most; more concurrent callers wait for a free one
 START_TIMEOUT_S = 300.0  # for the fork server's start-up (imports and warm-up), on a loaded machine
+WALL_CAP_FACTOR = 4.0  # a check also ends after this many times its bound in wall-clock seconds
 
 _log = logging.getLogger(__name__)
 
@@ -310,6 +317,42 @@ class _Helper:
         self.channel.close()  # without a fork server, the helper exits when it next reads
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process from /proc (Linux); None where that is not available."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _await_verdict(helper: _Helper, timeout_s: float) -> dict | None:
+    """The helper's reply, or None once the check has used ``timeout_s`` CPU seconds (wall-clock
+    seconds where a process's CPU time cannot be read) or ``WALL_CAP_FACTOR * timeout_s`` wall seconds."""
+    start_cpu = _cpu_seconds(helper.pid)
+    started = time.monotonic()
+    wall_limit = timeout_s * WALL_CAP_FACTOR if start_cpu is not None else timeout_s
+    used = 0.0
+    while True:
+        wall_left = wall_limit - (time.monotonic() - started)
+        # the helper is one thread: its CPU time grows no faster than the wall clock
+        wait = min(max(timeout_s - used, 0.005), wall_left)
+        if wait <= 0:
+            return None
+        reply = helper.channel.receive(wait)
+        if reply is not None:
+            return reply
+        now_cpu = _cpu_seconds(helper.pid) if start_cpu is not None else None
+        used = (now_cpu - start_cpu) if now_cpu is not None else time.monotonic() - started
+        if used >= timeout_s:
+            return None
+
+
 class _Pool:
     """Helpers of this process: reused while they answer in time, never shared by two checks at
     once, killed (and forked anew when needed) when a check runs over or the helper crashes."""
@@ -322,6 +365,8 @@ class _Pool:
         self.closed = False
         self.server: _ForkServer | None = None
         self.server_lock = threading.Lock()
+        self.doomed: queue.SimpleQueue[_Helper | None] = queue.SimpleQueue()
+        self.reaper: threading.Thread | None = None
 
     def _server(self) -> _ForkServer:
         with self.server_lock:
@@ -375,12 +420,21 @@ class _Pool:
         self.discard(helper)
 
     def discard(self, helper: _Helper) -> None:
-        """Kill a helper whose state is unknown (over time, crashed, garbled)."""
-        helper.kill()
+        """Retire a helper whose state is unknown (over time, crashed, garbled): its socket is closed
+        at once and a background thread has the fork server kill it, so the caller does not wait."""
+        helper.channel.close()
         with self.cond:
             self.every.discard(helper)
             self.size -= 1
             self.cond.notify()
+            if self.reaper is None:
+                self.reaper = threading.Thread(target=self._reap, name="g2rl-verifier-reaper", daemon=True)
+                self.reaper.start()
+        self.doomed.put(helper)
+
+    def _reap(self) -> None:
+        while (helper := self.doomed.get()) is not None:
+            helper.kill()
 
     def check(self, answer: str, gold: str, timeout_s: float) -> bool | None:
         """math-verify's verdict on (answer, gold); None if it did not come within ``timeout_s``."""
@@ -391,7 +445,7 @@ class _Pool:
                 if not helper.channel.peer_gone():  # a helper that died while idle is replaced, not blamed
                     helper.channel.send({"answer": answer, "gold": gold})
                     delivered = True
-                    reply = helper.channel.receive(timeout_s)
+                    reply = _await_verdict(helper, timeout_s)
             except (OSError, EOFError, ValueError):  # it crashed on this answer, or answered garbage
                 reply = None
             finally:
@@ -404,11 +458,14 @@ class _Pool:
         return None
 
     def close(self) -> None:
+        """Close every helper's socket, then the fork server's: it kills all its helpers and exits."""
         with self.cond:
             self.closed = True
-            idle, self.idle = self.idle, []
-        for helper in idle:
-            self.discard(helper)
+            self.idle = []
+            helpers = list(self.every)
+        for helper in helpers:
+            helper.channel.close()
+        self.doomed.put(None)
         with self.server_lock:
             if self.server is not None:
                 self.server.close()
@@ -491,8 +548,9 @@ def verify(response: str, gold: str, kind: str = "math", *, timeout_s: float = D
         response: the model's full output (untrusted text).
         gold: the reference answer: a LaTeX/plain math expression, or a letter A-J.
         kind: ``"math"`` (last box, math-verify, gold first) or ``"choice"`` (final letter).
-        timeout_s: bound on the math check, from the moment a ready helper receives it; over it
-            counts as wrong.
+        timeout_s: bound on the math check: CPU seconds in its helper (wall-clock seconds where
+            CPU time cannot be read), and at most ``WALL_CAP_FACTOR`` times as many wall-clock
+            seconds; over it counts as wrong.
 
     Returns:
         Verdict(reward=+1.0 or -1.0, extracted=the graded answer string or None). Whatever the
