@@ -189,9 +189,7 @@ def manifest_path(samples_csv: Path) -> Path:
 
 def _backend_identity(backend) -> dict[str, object]:
     model = getattr(backend, "model", None)
-    name = getattr(model, "name_or_path", None)
-    if isinstance(name, str) and name and os.path.isdir(name):
-        name = os.path.realpath(name)
+    name = getattr(model, "name_or_path", None)  # as given: an absolute path would tie the file to one machine
     return {
         "backend": type(backend).__name__,
         "model_path": name if isinstance(name, str) and name else None,
