@@ -33,6 +33,10 @@ from pathlib import Path
 
 from g2rl_core.errors import G2RLError
 
+
+class RunLockedError(G2RLError):
+    """Another process (or thread) holds the run directory's lock; the message names the holder."""
+
 LOCK_NAME = "run.lock"
 
 _guard = threading.Lock()
@@ -72,7 +76,7 @@ def _acquire(path: Path) -> int:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise G2RLError(
+            raise RunLockedError(
                 f"{path.parent} is in use by {holder}: wait for that run to finish or use another --out"
             ) from None
         try:

@@ -85,16 +85,17 @@ def test_maj_at_k_well_defined_under_ties(answers, seed, data):
         assert value == 1.0  # a unique majority is never overruled
 
 
-def test_maj_at_k_with_math_equivalence():
+def test_maj_at_k_votes_by_string_and_takes_the_graded_verdict():
+    """Issue 16 item 8: a sample graded on a set of boxes must not lend its verdict to its last box's group."""
     from g2rl_core.evaluation.verifier import verify
 
-    def equivalent(a, b):
-        return verify(f"\\boxed{{{b}}}", a).correct
-
-    answers = ["\\frac12", "0.5", "1/2", "3", "3"]
-    correct = [True, True, True, False, False]
-    assert maj_at_k(answers, correct, 5) == 0.0  # by string, "3" wins
-    assert maj_at_k(answers, correct, 5, equivalent=equivalent) == 1.0
+    gold = "6, 7"
+    responses = ["\\boxed{6} and \\boxed{7}", "\\boxed{7}", "\\boxed{7}", "\\boxed{6, 7}"]
+    verdicts = [verify(r, gold) for r in responses]
+    answers, correct = [v.extracted for v in verdicts], [v.correct for v in verdicts]
+    assert answers == ["7", "7", "7", "6, 7"]
+    assert maj_at_k(answers, correct, 4) == 0.0  # the majority answer "7" is wrong
+    assert maj_at_k(["\\frac12", "0.5", "1/2", "3", "3"], [True, True, True, False, False], 5) == 0.0  # by string
 
 
 def test_bootstrap_ci():

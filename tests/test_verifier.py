@@ -2,8 +2,14 @@
 
 import json
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +137,196 @@ def test_safe_in_worker_processes():
 def test_bad_kind_is_rejected():
     with pytest.raises(ValueError, match="kind"):
         verify("x", "y", kind="code")
+
+
+# --- issue 16: threads, hostile text, poisoning, what is graded ----------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_python(code: str, timeout: float) -> str:
+    """Run ``code`` in a fresh interpreter (cold imports); its stdout, or a failure if it runs over."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"did not finish within {timeout} s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_concurrent_calls_are_independent_of_slow_answers(monkeypatch):
+    """8 threads, slow answers among fast ones: fast verdicts stay right, nothing raises."""
+    import g2rl_core.evaluation.verifier as verifier
+
+    monkeypatch.setattr(verifier, "MAX_HELPERS", 3, raising=False)  # fewer helpers than threads: some wait
+    slow = _slow_expression(200)
+    jobs = []
+    for i in range(24):
+        if i % 8 == 3:
+            jobs.append((f"\\boxed{{{slow}}}", slow, 0.5, -1.0))  # over its bound
+        elif i % 2:
+            jobs.append((f"so \\boxed{{{i} + 1}}", str(i + 1), 5.0, 1.0))
+        else:
+            jobs.append((f"so \\boxed{{{i}}}", str(i + 1), 5.0, -1.0))
+
+    def run(job):
+        response, gold, timeout_s, _ = job
+        try:
+            return verify(response, gold, timeout_s=timeout_s).reward
+        except BaseException as err:  # noqa: BLE001 (the point: nothing may escape)
+            return f"{type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(run, jobs))
+    assert got == [job[3] for job in jobs]
+
+
+HOSTILE_TIMED = r"""
+    import json, time
+    from g2rl_core.evaluation.verifier import extract_choice, last_boxed, verify
+    cases = {
+        "answer+400 newlines": lambda: extract_choice("answer" + "\n" * 400),
+        "answer+200 spaces": lambda: extract_choice("answer" + " " * 200),
+        "answer is+1e5 spaces": lambda: extract_choice("The answer is" + " " * 100_000 + "x"),
+        "2e4 x (answer is **(": lambda: extract_choice("answer is **(" * 20_000),
+        "8192 unclosed boxes": lambda: last_boxed("\\boxed{" * 8192),
+        "2e4 unclosed boxes then one": lambda: last_boxed("\\boxed{" * 20_000 + "\\boxed{7}"),
+        "choice verify, 8192 boxes": lambda: verify("\\boxed{" * 8192 + "answer" + " " * 300, "A", "choice"),
+        "math verify, 8192 boxes, 1 s": lambda: verify("\\boxed{" * 8192, "1", timeout_s=1),
+        "math verify, nested wrappers": lambda: verify("\\boxed{" + "\\text{" * 5000 + "B" + "}" * 5001, "B", "choice"),
+    }
+    times = {}
+    for name, case in cases.items():
+        start = time.perf_counter()
+        case()
+        times[name] = time.perf_counter() - start
+    print(json.dumps(times))
+"""
+
+
+def test_every_extraction_path_is_linear_time():
+    """Issue 16 item 6: these took 6 s to minutes (growing as n^4 or n^2); each now takes milliseconds
+    (the limit leaves room for a loaded test machine)."""
+    times = json.loads(_run_python(HOSTILE_TIMED, timeout=120))
+    assert len(times) == 9 and {name: t for name, t in times.items() if t > 2.0} == {}
+
+
+POISONING = r"""
+    import json
+    from g2rl_core.evaluation.verifier import verify
+    slow = "+".join(f"\\frac{{{i}}}{{{i + 1}}}x^{{{i}}}" for i in range(1, 200))
+    first = verify(f"\\boxed{{{slow}}}", slow, timeout_s=0.3)  # the first math check of this process runs over
+    cases = [("\\boxed{\\sqrt8}", "2\\sqrt2"), ("\\boxed{[2, 5)}", "[2,5)"), ("\\boxed{x=3}", "3"),
+             ("\\boxed{1,000}", "1000"), ("\\boxed{\\frac12}", "0.5"), ("\\boxed{90^\\circ}", "90")]
+    print(json.dumps([first.reward] + [verify(r, g).reward for r, g in cases]))
+"""
+
+
+def test_a_timed_out_first_call_leaves_later_verdicts_right():
+    """Issue 16 item 7: a time limit firing while math-verify and SymPy import must not poison the process."""
+    assert json.loads(_run_python(POISONING, timeout=300)) == [-1.0] + [1.0] * 6
+
+
+@pytest.mark.parametrize(
+    "response, gold",
+    [
+        ("\\boxed{6} and \\boxed{7}", "6, 7"),  # math-verify alone grades the set {6, 7}
+        ("\\boxed{7}, or rather \\boxed{6}", "7"),
+        ("\\boxed{1} \\boxed{2} \\boxed{3}", "1,2,3"),
+        ("\\boxed{\\frac12}\\boxed{0.5}", "0.5"),
+    ],
+)
+def test_the_graded_answer_is_the_reported_one(response, gold):
+    """Issue 16 item 8: the verdict is a function of Verdict.extracted (the last box) and the gold alone."""
+    verdict = verify(response, gold)
+    assert verdict.extracted == last_boxed(response)
+    assert verdict == verify(f"\\boxed{{{verdict.extracted}}}", gold)
+
+
+@pytest.mark.parametrize(
+    "response, gold, kind, reward",
+    [
+        ("\\boxed{\\mathrm{B}}", "B", "choice", 1.0),
+        ("\\boxed{\\textbf{(C)}}", "C", "choice", 1.0),
+        ("\\boxed{10\\%}", "10", "math", 1.0),  # a percent sign is a unit: dropped on both sides
+        ("\\boxed{10}", "10\\%", "math", 1.0),
+        ("\\boxed{10\\%}", "0.1", "math", -1.0),
+        ("the answer is 17 or 18", "17", "math", -1.0),  # no box, no answer: hedges earn nothing
+        ("the answer is 17", "17", "math", -1.0),
+        ("\\boxed{17 \\text{ or } 18}", "17", "math", -1.0),
+        ("the answer is A or B", "A", "choice", -1.0),
+        ("\\boxed{A or B}", "A", "choice", -1.0),
+        ("\\boxed{(A)/(B)}", "A", "choice", -1.0),
+        ("\\boxed{A, B}", "A", "choice", -1.0),
+        ("\\boxed{C) Vitamin D}", "C", "choice", 1.0),  # restating the option is no hedge
+    ],
+)
+def test_decided_formats(response, gold, kind, reward):
+    """docs/verifier.md: what counts as a correct answer, in RL training and in evaluation alike."""
+    assert verify(response, gold, kind).reward == reward
+
+
+def test_callers_own_alarm_is_left_alone():
+    assert verify("\\boxed{1}", "1").reward == 1.0  # warm
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 3.0)
+        assert verify("\\boxed{2}", "2").reward == 1.0
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # still armed
+        deadline = time.monotonic() + 10
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "\x00\\boxed{\x00}",
+        "\\boxed{\ud800}",  # a lone surrogate
+        "\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}",  # deep nesting
+        "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}",
+        "\\boxed{\\begin{pmatrix}" + "1&" * 2000 + "1\\end{pmatrix}}",
+        "\\boxed{" + "9^{" * 50 + "9" + "}" * 50 + "}",
+        "\\boxed{\\}}\\boxed{{}",
+    ],
+)
+def test_no_exception_escapes_verify(response):
+    for kind, gold in (("math", "1"), ("choice", "A")):
+        verdict = verify(response, gold, kind, timeout_s=2.0)
+        assert verdict.reward == -1.0
+
+
+def test_a_dead_helper_is_replaced_without_a_wrong_verdict():
+    import g2rl_core.evaluation.verifier as verifier
+
+    assert verify("\\boxed{1}", "1").reward == 1.0
+    idle = list(verifier._the_pool().idle)
+    assert idle
+    for helper in idle:  # as if the OOM killer took them while idle
+        os.kill(helper.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert verify("\\boxed{2}", "2").reward == 1.0
+
+
+def test_no_helper_at_all_is_one_clear_error(monkeypatch, tmp_path):
+    import g2rl_core.evaluation.verifier as verifier
+
+    broken = tmp_path / "helper.py"
+    broken.write_text("raise ImportError('No module named math_verify')\n")
+    verifier.shutdown()
+    monkeypatch.setattr(verifier, "_HELPER_SCRIPT", broken)
+    try:
+        with pytest.raises(verifier.VerifierUnavailable, match="could not start") as err:
+            verify("\\boxed{1}", "1")
+        assert "\n" not in str(err.value)
+        assert verify("\\boxed{B}", "B", "choice").reward == 1.0  # choice needs no helper
+    finally:
+        verifier.shutdown()

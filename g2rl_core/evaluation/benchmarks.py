@@ -6,6 +6,10 @@ a local JSONL file overrides it. The local schema is the one of ../shared/data (
 README): ``{"id", "problem", "answer", ...}`` for math and
 ``{"id", "question", "choices" | "options", "answer": letter, ...}`` for multiple choice.
 Synthetic tasks (the tiny profile) write the same schema and load through ``load_jsonl``.
+Data files are untrusted input: anything wrong in one (not UTF-8, not JSON, a missing or null
+field, a duplicate id, no problems at all) is a one-line ``DataError`` naming the file and line;
+a bad ``limit`` is a ``ConfigError``; a hub that cannot be reached is a ``DataError`` that says
+how to point ``data_dir`` at local copies.
 
 Prompts follow the paper (SimpleRL-Zoo style): the question, for multiple choice the
 lettered options, then "Please reason step by step, and put your final answer within
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from g2rl_core.errors import ConfigError, DataError, DataFileNotFoundError
 from g2rl_core.evaluation.verifier import CHOICE_LETTERS, last_boxed
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -55,45 +60,92 @@ def choice_prompt(question: str, options: list[str]) -> str:
     return f"{question.strip()}\n\n{lettered}\n{INSTRUCTION}"
 
 
-def problem_from_row(row: dict[str, Any], kind: str, where: str) -> Problem:
-    """A Problem from one row of the local schema; ``where`` names the row in errors."""
+def _text_field(row: dict[str, Any], key: str, where: str) -> str:
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        shown = "null" if value is None else type(value).__name__
+        raise DataError(f"{where}: {key!r} is {shown}; it must be a non-empty string")
+    text = str(value).strip()
+    if not text:
+        raise DataError(f"{where}: {key!r} is empty; it must be a non-empty string")
+    return text
+
+
+def problem_from_row(row: Any, kind: str, where: str) -> Problem:
+    """A Problem from one row of the local schema; ``where`` names the row in errors (DataError).
+
+    ``id`` and ``answer`` must be non-empty strings (numbers are accepted and written as strings);
+    ``answer: null`` is an error, never the gold answer "None".
+    """
+    if kind not in ("math", "choice"):
+        raise ConfigError(f"{where}: kind {kind!r} is not 'math' or 'choice'")
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     try:
-        pid, answer = str(row["id"]), str(row["answer"])
+        pid, answer = _text_field(row, "id", where), _text_field(row, "answer", where)
         if kind == "math":
-            prompt = math_prompt(row["problem"])
+            prompt = math_prompt(_text_field(row, "problem", where))
             used = {"id", "problem", "answer"}
         else:
             options = row["choices"] if "choices" in row else row["options"]
-            prompt = choice_prompt(row["question"], list(options))
+            if not isinstance(options, list) or not all(isinstance(o, str | int | float) for o in options):
+                raise DataError(f"{where}: 'choices' / 'options' must be a list of strings")
+            prompt = choice_prompt(_text_field(row, "question", where), list(options))
             used = {"id", "question", "choices", "options", "answer"}
             if answer not in CHOICE_LETTERS[: len(options)]:
-                raise ValueError(f"answer {answer!r} is not one of the {len(options)} option letters")
+                raise DataError(f"{where}: answer {answer!r} is not one of the {len(options)} option letters")
     except KeyError as missing:
-        raise ValueError(f"{where}: missing field {missing} for a {kind!r} problem") from None
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from None
-    if not pid or not answer:
-        raise ValueError(f"{where}: empty 'id' or 'answer'")
+        raise DataError(f"{where}: missing field {missing} for a {kind!r} problem") from None
+    except DataError:
+        raise
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from None
     return Problem(pid, prompt, answer, kind, {k: v for k, v in row.items() if k not in used})
 
 
+def _check_limit(limit: int | None, where: str) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"{where}: limit = {limit!r}: give an integer >= 1, or no limit to load every problem")
+
+
 def load_jsonl(path: str | Path, kind: str, *, name: str | None = None, limit: int | None = None) -> Benchmark:
-    """Load a JSONL file of the local schema. Errors name the file and line."""
+    """Load a JSONL file of the local schema. Errors (DataError) name the file and line.
+
+    The file must be UTF-8, hold at least one problem, and no problem id twice. Blank lines are skipped.
+    """
     path = Path(path)
+    _check_limit(limit, f"benchmark {name or path.stem!r}")
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark {name or path.stem!r}: no file at {path}")
-    problems = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        raise DataFileNotFoundError(f"benchmark {name or path.stem!r}: no file at {path}")
+    problems: list[Problem] = []
+    first_line: dict[str, int] = {}
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start} of the line); save it as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            problems.append(problem_from_row(row, kind, f"{path}:{lineno}"))
+            except (json.JSONDecodeError, RecursionError) as err:
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+                raise DataError(f"{path}:{lineno}: not valid JSON ({reason})") from None
+            problem = problem_from_row(row, kind, f"{path}:{lineno}")
+            if problem.id in first_line:
+                raise DataError(
+                    f"{path}:{lineno}: problem id {problem.id!r} already used on line {first_line[problem.id]}; "
+                    f"ids must be unique"
+                )
+            first_line[problem.id] = lineno
+            problems.append(problem)
             if limit is not None and len(problems) >= limit:
                 break
+    if not problems:
+        raise DataError(f"{path}: no problems (the file is empty); give a JSONL file with one problem per line")
     return Benchmark(name or path.stem, problems, f"file:{path}")
 
 
@@ -201,9 +253,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 def _how_to_provide(spec: BenchmarkSpec) -> str:
     return (
-        f"Provide it with local_path=<file> (CLI: --data-dir DIR holding {spec.local_file}); this repository's "
-        f"tests and tiny profile use ../shared/data/{spec.local_file}. Or make the hub reachable "
-        f"(huggingface-cli login for gated sets; unset HF_HUB_OFFLINE)."
+        f"Set data_dir to a folder holding {spec.local_file} (in params.yaml, or --set data_dir=PATH; "
+        f"this repository's tests use ../shared/data), or call load_benchmark with local_path=<file>; "
+        f"or make the hub reachable (hf auth login for gated sets; unset HF_HUB_OFFLINE)."
     )
 
 
@@ -218,14 +270,16 @@ def load_benchmark(
     """Load one of ``BENCHMARKS`` from a local JSONL (``local_path``, or ``data_dir/<file>``)
     or, by default, from the Hugging Face hub at ``revision``."""
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    _check_limit(limit, f"benchmark {name!r}")
     spec = BENCHMARKS[name]
     if local_path is None and data_dir is not None:
         local_path = Path(data_dir) / spec.local_file
     if local_path is not None:
         if not Path(local_path).is_file():
-            raise FileNotFoundError(f"benchmark {name!r}: no file at {local_path}. {_how_to_provide(spec)}")
+            raise DataFileNotFoundError(f"benchmark {name!r}: no file at {local_path}. {_how_to_provide(spec)}")
         return load_jsonl(local_path, spec.kind, name=name, limit=limit)
+    dataset = f"{spec.hub_id}{'/' + spec.hub_config if spec.hub_config else ''}"
     try:
         import datasets
         from huggingface_hub import HfApi
@@ -233,18 +287,29 @@ def load_benchmark(
         commit = HfApi().dataset_info(spec.hub_id, revision=revision).sha
         rows = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split, revision=commit)
     except Exception as err:  # offline, gated, renamed: all end here with the way out
-        raise RuntimeError(
-            f"benchmark {name!r}: could not load hub dataset {spec.hub_id}"
-            f"{'/' + spec.hub_config if spec.hub_config else ''} (split {spec.split}, revision {revision}): "
-            f"{type(err).__name__}: {err}. {_how_to_provide(spec)}"
+        reason = " ".join(str(err).split())[:300]
+        raise DataError(
+            f"benchmark {name!r}: could not load hub dataset {dataset} (split {spec.split}, revision {revision}): "
+            f"{type(err).__name__}: {reason}. {_how_to_provide(spec)}"
         ) from err
     rng = random.Random(0)
-    problems = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
     for i, row in enumerate(rows):
-        local = {"id": f"{name}-{i}", **spec.to_local(dict(row), rng)}
-        problems.append(problem_from_row(local, spec.kind, f"{spec.hub_id} row {i}"))
+        where = f"hub dataset {dataset}@{commit} row {i}"
+        try:
+            local = {"id": f"{name}-{i}", **spec.to_local(dict(row), rng)}
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{where}: unexpected row ({type(err).__name__}: {err}); {_how_to_provide(spec)}") from None
+        problem = problem_from_row(local, spec.kind, where)
+        if problem.id in seen:
+            raise DataError(f"{where}: problem id {problem.id!r} appears twice; ids must be unique")
+        seen.add(problem.id)
+        problems.append(problem)
         if limit is not None and len(problems) >= limit:
             break
+    if not problems:
+        raise DataError(f"hub dataset {dataset}@{commit} split {spec.split}: no problems. {_how_to_provide(spec)}")
     return Benchmark(name, problems, f"hub:{spec.hub_id}@{commit}")
 
 
@@ -255,7 +320,7 @@ def load_problems(
     if source in BENCHMARKS:
         return load_benchmark(source, data_dir=data_dir, limit=limit).problems
     if not source.endswith(".jsonl"):
-        raise ValueError(
+        raise DataError(
             f"data source {source!r} is neither a known benchmark ({', '.join(BENCHMARKS)}) nor a .jsonl path"
         )
     return load_jsonl(source, kind, limit=limit).problems

@@ -5,9 +5,10 @@ Per problem, from n sampled responses with correctness flags and extracted answe
 - pass@k: the paper's definition, at least one of the first k samples correct
   (``pass_at_k_first``), and the unbiased estimator of Chen et al. 2021 from n >= k
   samples (``pass_at_k_unbiased``);
-- maj@k: the most frequent extracted answer among the first k samples, ties broken
-  uniformly at random with a seed, and that one answer verified (``maj_at_k``);
-  optionally answers are grouped by an equivalence (e.g. math equivalence) before voting.
+- maj@k: the most frequent extracted answer string among the first k samples (the paper:
+  "most frequent final answer string"), ties broken uniformly at random with a seed, and that
+  one answer verified (``maj_at_k``). The verifier grades exactly the string it extracts, so
+  every sample of one answer string has the same verdict.
 A benchmark score is the mean over problems; ``bootstrap_ci`` gives a percentile
 confidence interval by resampling problems. The paper reports no intervals; we do.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,37 +53,27 @@ def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def maj_at_k(
-    answers: Sequence[str | None],
-    correct: Sequence[bool],
-    k: int,
-    seed: int = 0,
-    *,
-    equivalent: Callable[[str, str], bool] | None = None,
-) -> float:
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, seed: int = 0) -> float:
     """maj@k for one problem: 1.0 if the majority answer among the first k samples is correct.
 
     Samples without an extracted answer (None) do not vote; if none of the k has an
-    answer, the result is 0.0. Ties are broken uniformly at random with ``random.Random(seed)``.
-    By default answers vote by exact string; with ``equivalent(a, b)`` each answer joins
-    the first earlier group whose representative it is equivalent to. The winning group's
-    correctness is that of its first sample (the verifier is deterministic per string).
+    answer, the result is 0.0. Answers vote by exact string; ties are broken uniformly at
+    random with ``random.Random(seed)``. The winning answer's correctness is that of its first
+    sample (the verifier's verdict is a function of the extracted string and the gold answer).
     """
     if len(answers) != len(correct):
         raise ValueError(f"answers ({len(answers)}) and correct ({len(correct)}) differ in length")
     _check_k(len(answers), k)
-    representatives: list[str] = []
+    group_of: dict[str, int] = {}  # answer -> its group, groups in order of first appearance
     votes: list[int] = []
     verdicts: list[bool] = []
     for answer, ok in zip(answers[:k], correct[:k]):
         if answer is None:
             continue
-        for g, rep in enumerate(representatives):
-            if answer == rep or (equivalent is not None and equivalent(rep, answer)):
-                votes[g] += 1
-                break
+        if answer in group_of:
+            votes[group_of[answer]] += 1
         else:
-            representatives.append(answer)
+            group_of[answer] = len(votes)
             votes.append(1)
             verdicts.append(bool(ok))
     if not votes:

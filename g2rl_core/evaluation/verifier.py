@@ -1,45 +1,78 @@
 """Rule-based answer verification: +1 / -1 rewards for math and multiple-choice answers.
 
-Math answers use math-verify (parse, then verify with the gold answer first). Multiple
-choice uses the last boxed letter, else the last stated one ("answer is (B)", "Answer: B").
-Model output is untrusted text: it is only matched by regular expressions and parsed by
-math-verify into SymPy objects, never evaluated.
+What counts as correct (the same rule in RL training and in evaluation; docs/verifier.md):
+- math: the final answer is the content of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``) of the
+  response, and only that string is graded (math-verify, gold first). No box, an empty box or
+  a check over its time bound is wrong. There is no fallback to unboxed text, so hedges such as
+  "the answer is 17 or 18" earn nothing; a box holding several values is a set or tuple, which
+  is wrong against a single gold value. A percent sign is a unit and is dropped on both sides:
+  ``10\\%`` and ``10`` are the same answer (``0.1`` is not).
+- multiple choice: the last boxed letter (``\\boxed{B}``, ``\\boxed{(B)}``, ``\\boxed{\\mathrm{B}}``,
+  ``\\boxed{B) 10^-4 eV}``), else the last stated one ("the answer is (B)", "Answer: B"). A hedge
+  between letters ("A or B", "A, B") is no answer.
+``Verdict.extracted`` is exactly the string that was graded, so the verdict is a function of
+(extracted, gold) alone, and maj@k may vote on it.
 
-Time bound. math-verify's own timeout uses ``signal.alarm``, which fails outside the main
-thread. We switch it off and bound the whole check ourselves:
-- in the main thread of any process (a worker process included) with a float-precision
-  ``signal.setitimer`` alarm;
-- in any other thread by running the check in a helper process and waiting at most
-  ``timeout_s``; a check that runs over kills that process.
-A check that times out is a wrong answer (-1), with whatever answer string was extracted.
+Model output is untrusted text. In this process it only goes through the linear-time scans
+below (no regular expression here can backtrack more than a constant per character). The math
+check runs in a helper process (``verify_helper.py``), which parses the answer into SymPy objects
+with math-verify, never evaluating it as code; only JSON lines cross the sockets.
+
+Time bound and independence. Each math check has a helper process to itself, from any thread
+of any process (worker processes and daemonic ``multiprocessing`` workers included). Helpers are
+forked from a fork server that imported and warmed up math-verify and SymPy once, before
+anything was timed, so no import is ever cut short. A helper is reused while it answers within
+its bound; a check that runs over kills its helper (a fresh fork replaces it in milliseconds),
+so a slow or hostile answer can neither hold up nor poison another check.
+
+The bound ``timeout_s`` is on the CPU time the check uses in its helper (read from /proc on
+Linux; elsewhere it is wall-clock time), so a verdict does not depend on how loaded the machine
+is: hostile answers burning CPU next to a correct one cannot push it over its bound. A check
+also ends after ``WALL_CAP_FACTOR * timeout_s`` wall-clock seconds, however loaded the machine.
+On an unloaded machine the two agree and a call returns within ``timeout_s`` plus milliseconds.
+Not counted: starting the fork server (2-4 s, once per process) and waiting for a free helper
+when ``MAX_HELPERS`` are busy. No signal or timer of the caller's process is touched.
 """
 
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
+import itertools
+import json
 import logging
-import multiprocessing
+import math
+import os
+import queue
 import re
-import signal
+import select
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal, TypeVar
+from pathlib import Path
 
-AnswerKind = Literal["math", "choice"]
+from g2rl_core.errors import G2RLError
+
 ANSWER_KINDS: tuple[str, ...] = ("math", "choice")
 DEFAULT_TIMEOUT_S = 5.0
 CHOICE_LETTERS = "ABCDEFGHIJ"
+MAX_HELPERS = 32  # helper processes per process at most; more concurrent callers wait for a free one
+START_TIMEOUT_S = 300.0  # for the fork server's start-up (imports and warm-up), on a loaded machine
+WALL_CAP_FACTOR = 4.0  # a check also ends after this many times its bound in wall-clock seconds
 
-T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+
+class VerifierUnavailable(G2RLError):
+    """The helper process cannot start (math-verify missing or broken): no math answer can be checked."""
 
 
 @dataclass(frozen=True)
 class Verdict:
     """reward: +1.0 if the response's final answer matches the gold answer, else -1.0.
-    extracted: the response's final answer string (None if there is none)."""
+    extracted: the response's final answer string, the one that was graded (None if there is none)."""
 
     reward: float
     extracted: str | None
@@ -49,84 +82,458 @@ class Verdict:
         return self.reward > 0
 
 
-# --- extraction ---------------------------------------------------------------------------
+# --- extraction (linear time) ------------------------------------------------------------------
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*+\{|[{}]")
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces matched."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
-        depth = 1
-        for pos in range(start, len(text)):
-            char = text[pos]
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:pos].strip()
-        # unbalanced: try an earlier box
-    return None
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) whose braces close, nested braces matched.
+
+    One pass over the text with a stack of open braces: O(len(text)). "Last" is the box that
+    opens last among those that close (an unclosed box is skipped for an earlier one).
+    """
+    stack: list[int] = []  # content start of a box, or -1 for a plain brace
+    last_start, last_end = -1, -1
+    for match in _BOX_TOKEN.finditer(text):
+        token = match.group()
+        if token == "{":
+            stack.append(-1)
+        elif token == "}":
+            if stack and (start := stack.pop()) >= 0 and start > last_start:
+                last_start, last_end = start, match.start()
+        else:
+            stack.append(match.end())
+    return text[last_start:last_end].strip() if last_start >= 0 else None
 
 
-_LETTER_IN_BOX = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?\s*([A-J])\s*\)?(?:\s*\})?(?:[\s.):]|$)")
-_STATED_LETTER = re.compile(r"(?i:answer)\s*(?:is|:)?\s*[:\-]?\s*(?:\*\*)?\s*\(?\s*([A-J])\s*\)?(?![A-Za-z])")
+_WRAPPER = r"\\(?:text|textbf|textrm|textsf|textit|texttt|mathrm|mathbf|mathsf|mathit|mathtt|mbox|operatorname)\s*+\{"
+_WRAPPER_START = re.compile(_WRAPPER)
+_UNWRAP_MAX_CHARS, _UNWRAP_MAX_DEPTH = 200, 4
+_LETTER_ONLY = re.compile(r"\(?\s*+([A-J])\s*+\)?\.?")
+_LETTER_THEN_TEXT = re.compile(r"\(?\s*+([A-J])(?:\s*+[).:]|\s)(.*)", re.S)
+_WRAPPED_LETTER_THEN_TEXT = re.compile(_WRAPPER + r"\s*+\(?\s*+([A-J])\s*+\)?\s*+\}(.*)", re.S)
+_HEDGE = re.compile(r"\s*+(?:\*\*)?\s*+(?:(?i:or|and)|[/,&])\s*+\(?\s*+[A-J](?![A-Za-z])")
+_STATED_LETTER = re.compile(r"(?i:answer)(?:\s*+(?i:is))?\s*+[:\-]?\s*+(?:\*\*)?\s*+\(?\s*+([A-J])\s*+\)?(?![A-Za-z])")
+
+
+def _unwrap(content: str) -> str:
+    """Drop ``\\text{...}``, ``\\mathrm{...}`` and the like around the whole of a short content (4 deep)."""
+    content = content.strip()
+    for _ in range(_UNWRAP_MAX_DEPTH):
+        match = _WRAPPER_START.match(content)
+        if match is None or len(content) > _UNWRAP_MAX_CHARS or not content.endswith("}"):
+            break
+        inner, depth = content[match.end() : -1], 0
+        for char in inner:  # the wrapper's own closing brace must be the last character
+            depth += (char == "{") - (char == "}")
+            if depth < 0:
+                break
+        if depth != 0:
+            break
+        content = inner.strip()
+    return content
+
+
+def _box_letter(content: str) -> str | None:
+    """The letter a box holds: ``B``, ``(B)``, ``\\mathrm{B}``, ``B) option text``; None for a hedge."""
+    content = _unwrap(content)
+    if match := _LETTER_ONLY.fullmatch(content):
+        return match.group(1)
+    match = _LETTER_THEN_TEXT.match(content) or _WRAPPED_LETTER_THEN_TEXT.match(content)
+    if match is None or _HEDGE.match(" " + match.group(2)):
+        return None
+    return match.group(1)
 
 
 def extract_choice(text: str) -> str | None:
-    """The final multiple-choice letter (A-J): the last boxed letter, else the last stated one."""
+    """The final multiple-choice letter (A-J): the last boxed letter, else the last stated one.
+
+    A hedge right after the letter ("A or B", "(A)/(B)", "A, B") gives None.
+    """
     boxed = last_boxed(text)
-    if boxed is not None:
-        match = _LETTER_IN_BOX.match(boxed)
-        if match:
-            return match.group(1)
-    stated = _STATED_LETTER.findall(text)
-    return stated[-1] if stated else None
+    if boxed is not None and (letter := _box_letter(boxed)) is not None:
+        return letter
+    last = None
+    for last in _STATED_LETTER.finditer(text):  # noqa: B007 (the last match is the one used)
+        pass
+    if last is None or _HEDGE.match(text, last.end()):
+        return None
+    return last.group(1)
 
 
-# --- math-verify ---------------------------------------------------------------------------
+_PERCENT = re.compile(r"\\*%")
 
 
-class _OwnTimeoutNotice(logging.Filter):
-    """Drop math-verify's 'Timeout is disabled' warning: this module bounds the time itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
+def normalize_math_answer(answer: str) -> str:
+    """What is graded of a boxed math answer: stripped, percent signs dropped (``10\\%`` -> ``10``)."""
+    return _PERCENT.sub("", answer).strip()
 
 
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_OwnTimeoutNotice())
+# --- helper processes ------------------------------------------------------------------------------
+
+_HELPER_SCRIPT = Path(__file__).with_name("verify_helper.py")
+_COMMAND_TIMEOUT_S = 60.0  # for the fork server to fork or reap a helper
 
 
-@lru_cache(maxsize=1)
-def _extraction_configs():
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+class _Channel:
+    """A Unix socket carrying JSON lines; replies are read with a deadline."""
 
-    return (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+        self._buffer = b""
+
+    def send(self, message: dict, fds: tuple[int, ...] = ()) -> None:
+        data = json.dumps(message).encode() + b"\n"
+        if fds:
+            sent = socket.send_fds(self.sock, [data], list(fds))
+            data = data[sent:]
+        if data:
+            self.sock.sendall(data)
+
+    def receive(self, timeout_s: float) -> dict | None:
+        """The next reply, or None if none came within ``timeout_s``. EOFError if the peer is gone."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not self._poll.poll(math.ceil(left * 1000)):
+                continue
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError("the verifier's helper process exited")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise ValueError("malformed reply from the verifier's helper process")
+        return reply
+
+    def peer_gone(self) -> bool:
+        """True if the peer closed its end while idle (nothing else is ever pending)."""
+        if not self._poll.poll(0):
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
-@lru_cache(maxsize=65536)
-def _parse_gold(gold: str):
-    from math_verify import parse
+class _ForkServer:
+    """``python -P verify_helper.py FD``: warms up once, then forks a ready helper per ``spawn``."""
 
-    return parse(f"$\\boxed{{{gold}}}$", extraction_config=_extraction_configs(), parsing_timeout=None)
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", str(_HELPER_SCRIPT), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.channel = _Channel(ours)
+        self.lock = threading.Lock()
+        self.tokens = itertools.count()
+        self.broken = False
+        try:
+            reply = self.channel.receive(START_TIMEOUT_S)
+        except (OSError, EOFError, ValueError) as err:
+            self.close()
+            raise RuntimeError(f"it exited during start-up ({err})") from None
+        if reply is None or not reply.get("ready"):
+            self.close()
+            raise RuntimeError(reply.get("fatal", reply) if reply else f"no answer within {START_TIMEOUT_S:.0f} s")
+
+    def usable(self) -> bool:
+        return not self.broken and self.proc.poll() is None
+
+    def _command(self, message: dict, expect: str, fds: tuple[int, ...] = ()) -> dict:
+        with self.lock:
+            try:
+                self.channel.send(message, fds)
+                reply = self.channel.receive(_COMMAND_TIMEOUT_S)
+            except (OSError, EOFError, ValueError):
+                reply = None
+            if reply is None or expect not in reply:
+                self.broken = True
+                raise OSError("the verifier's fork server did not answer")
+            return reply
+
+    def spawn(self) -> _Helper:
+        ours, theirs = socket.socketpair()
+        token = next(self.tokens)
+        try:
+            reply = self._command({"spawn": token}, "spawned", (theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return _Helper(_Channel(ours), token, self, int(reply.get("pid", -1)))
+
+    def kill(self, token: int) -> None:
+        self._command({"kill": token}, "killed")
+
+    def close(self) -> None:
+        """Close the control socket: the fork server kills its helpers and exits."""
+        self.broken = True
+        self.channel.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def _math_verdict(response: str, gold: str) -> Verdict:
-    from math_verify import parse
-    from math_verify import verify as mv_verify
+class _Helper:
+    """One forked helper, serving one check at a time over its own socket."""
 
-    gold_parsed = _parse_gold(gold)
-    predicted = parse(response, extraction_config=_extraction_configs(), parsing_timeout=None)
-    extracted = last_boxed(response)
-    if extracted is None and len(predicted) > 1:
-        extracted = str(predicted[1])
-    if not predicted or not gold_parsed:
-        return Verdict(-1.0, extracted)
-    ok = mv_verify(gold_parsed, predicted, timeout_seconds=None)
-    return Verdict(1.0 if ok else -1.0, extracted)
+    def __init__(self, channel: _Channel, token: int, server: _ForkServer, pid: int) -> None:
+        self.channel, self.token, self.server, self.pid = channel, token, server, pid
+
+    def kill(self) -> None:
+        if self.server.usable():
+            try:
+                self.server.kill(self.token)
+            except OSError:
+                pass
+        self.channel.close()  # without a fork server, the helper exits when it next reads
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process from /proc (Linux); None where that is not available."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _await_verdict(helper: _Helper, timeout_s: float) -> dict | None:
+    """The helper's reply, or None once the check has used ``timeout_s`` CPU seconds (wall-clock
+    seconds where a process's CPU time cannot be read) or ``WALL_CAP_FACTOR * timeout_s`` wall seconds."""
+    start_cpu = _cpu_seconds(helper.pid)
+    started = time.monotonic()
+    wall_limit = timeout_s * WALL_CAP_FACTOR if start_cpu is not None else timeout_s
+    used = 0.0
+    while True:
+        wall_left = wall_limit - (time.monotonic() - started)
+        # the helper is one thread: its CPU time grows no faster than the wall clock
+        wait = min(max(timeout_s - used, 0.005), wall_left)
+        if wait <= 0:
+            return None
+        reply = helper.channel.receive(wait)
+        if reply is not None:
+            return reply
+        now_cpu = _cpu_seconds(helper.pid) if start_cpu is not None else None
+        used = (now_cpu - start_cpu) if now_cpu is not None else time.monotonic() - started
+        if used >= timeout_s:
+            return None
+
+
+class _Pool:
+    """Helpers of this process: reused while they answer in time, never shared by two checks at
+    once, killed (and forked anew when needed) when a check runs over or the helper crashes."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.idle: list[_Helper] = []
+        self.every: set[_Helper] = set()
+        self.size = 0  # helpers alive or being forked
+        self.closed = False
+        self.server: _ForkServer | None = None
+        self.server_lock = threading.Lock()
+        self.doomed: queue.SimpleQueue[_Helper | None] = queue.SimpleQueue()
+        self.reaper: threading.Thread | None = None
+
+    def _server(self) -> _ForkServer:
+        with self.server_lock:
+            if self.server is None or not self.server.usable():
+                if self.server is not None:
+                    self.server.close()
+                self.server = None
+                try:
+                    self.server = _ForkServer()
+                except Exception as err:
+                    raise VerifierUnavailable(
+                        f"the verifier's helper process ({sys.executable} -P {_HELPER_SCRIPT}) could not start: "
+                        f"{' '.join(str(err).split())[:500]}; install math-verify[antlr4_9_3]==0.9.0 here"
+                    ) from None
+            return self.server
+
+    def _fork(self) -> _Helper:
+        for attempt in range(2):
+            try:
+                return self._server().spawn()
+            except OSError:  # the fork server died: start another once
+                if attempt:
+                    raise VerifierUnavailable("the verifier's fork server keeps failing to fork a helper") from None
+        raise AssertionError("unreachable")
+
+    def acquire(self) -> _Helper:
+        """A ready helper for this caller alone; forks one if none is idle and the cap allows."""
+        with self.cond:
+            while not self.idle and self.size >= max(1, MAX_HELPERS):
+                self.cond.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.size += 1
+        try:
+            helper = self._fork()
+        except BaseException:
+            with self.cond:
+                self.size -= 1
+                self.cond.notify()
+            raise
+        with self.cond:
+            self.every.add(helper)
+        return helper
+
+    def release(self, helper: _Helper) -> None:
+        with self.cond:
+            if not self.closed:
+                self.idle.append(helper)
+                self.cond.notify()
+                return
+        self.discard(helper)
+
+    def discard(self, helper: _Helper) -> None:
+        """Retire a helper whose state is unknown (over time, crashed, garbled): its socket is closed
+        at once and a background thread has the fork server kill it, so the caller does not wait."""
+        helper.channel.close()
+        with self.cond:
+            self.every.discard(helper)
+            self.size -= 1
+            self.cond.notify()
+            if self.reaper is None:
+                self.reaper = threading.Thread(target=self._reap, name="g2rl-verifier-reaper", daemon=True)
+                self.reaper.start()
+        self.doomed.put(helper)
+
+    def _reap(self) -> None:
+        while (helper := self.doomed.get()) is not None:
+            helper.kill()
+
+    def check(self, answer: str, gold: str, timeout_s: float) -> bool | None:
+        """math-verify's verdict on (answer, gold); None if it did not come within ``timeout_s``."""
+        for _ in range(3):
+            helper = self.acquire()
+            reply, delivered = None, False
+            try:
+                if not helper.channel.peer_gone():  # a helper that died while idle is replaced, not blamed
+                    helper.channel.send({"answer": answer, "gold": gold})
+                    delivered = True
+                    reply = _await_verdict(helper, timeout_s)
+            except (OSError, EOFError, ValueError):  # it crashed on this answer, or answered garbage
+                reply = None
+            finally:
+                if reply is not None and isinstance(reply.get("ok"), bool):
+                    self.release(helper)
+                else:
+                    self.discard(helper)
+            if delivered:
+                return None if reply is None else bool(reply.get("ok"))
+        return None
+
+    def close(self) -> None:
+        """Close every helper's socket, then the fork server's: it kills all its helpers and exits."""
+        with self.cond:
+            self.closed = True
+            self.idle = []
+            helpers = list(self.every)
+        for helper in helpers:
+            helper.channel.close()
+        self.doomed.put(None)
+        with self.server_lock:
+            if self.server is not None:
+                self.server.close()
+
+
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def _the_pool() -> _Pool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = _Pool()
+        return _pool
+
+
+def warm_up(helpers: int = 1) -> None:
+    """Start the fork server and ``helpers`` helpers now (up to ``MAX_HELPERS``).
+
+    Optional: the first math check does it otherwise (2-4 s, not counted in its bound). Call it
+    before timing checks. Raises VerifierUnavailable if the helper process cannot start.
+    """
+    pool = _the_pool()
+    taken = []
+    try:
+        for _ in range(max(1, min(helpers, MAX_HELPERS))):
+            taken.append(pool.acquire())
+    finally:
+        for helper in taken:
+            pool.release(helper)
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop this process's helpers and fork server (done at exit); a later check starts new ones."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.close()
+
+
+def _forget_pool_in_child() -> None:
+    """After fork: the parent's helpers are not ours. Close our copies of their sockets, start afresh."""
+    global _pool, _pool_lock
+    pool, _pool, _pool_lock = _pool, None, threading.Lock()
+    if pool is not None:
+        for helper in list(pool.every):
+            helper.channel.close()
+        if pool.server is not None:
+            pool.server.channel.close()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+# --- verdicts ------------------------------------------------------------------------------------
+
+
+def _math_verdict(response: str, gold: str, timeout_s: float) -> Verdict:
+    boxed = last_boxed(response)
+    if not boxed:
+        return Verdict(-1.0, None)
+    answer, expected = normalize_math_answer(boxed), normalize_math_answer(gold)
+    if not answer or not expected:
+        return Verdict(-1.0, boxed)
+    return Verdict(1.0 if _the_pool().check(answer, expected, timeout_s) else -1.0, boxed)
 
 
 def _choice_verdict(response: str, gold: str) -> Verdict:
@@ -134,98 +541,35 @@ def _choice_verdict(response: str, gold: str) -> Verdict:
     return Verdict(1.0 if letter is not None and letter == gold.strip().upper() else -1.0, letter)
 
 
-def _verdict(response: str, gold: str, kind: str) -> Verdict:
-    return _math_verdict(response, gold) if kind == "math" else _choice_verdict(response, gold)
-
-
-# --- time bound ------------------------------------------------------------------------------
-
-
-class VerificationTimeout(BaseException):
-    """Raised by the alarm; a BaseException so that math-verify's ``except Exception`` lets it through."""
-
-
-def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T:
-    def on_alarm(signum, frame):
-        raise VerificationTimeout
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-_pool: concurrent.futures.ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _helper_pool() -> concurrent.futures.ProcessPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
-            # Start-up (spawning, importing SymPy) must not count against a check's time bound.
-            _pool.submit(_verdict, "\\boxed{1}", "1", "math").result()
-        return _pool
-
-
-@atexit.register
-def _shutdown_pool() -> None:
-    """Stop the helper process before interpreter teardown (avoids noise from executor finalizers)."""
-    if _pool is not None:
-        _pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _discard_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    global _pool
-    with _pool_lock:
-        if _pool is pool:
-            _pool = None
-    for process in list(getattr(pool, "_processes", {}).values()):
-        process.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _in_helper_process(response: str, gold: str, kind: str, timeout_s: float) -> Verdict:
-    pool = _helper_pool()
-    future = pool.submit(_verdict, response, gold, kind)
-    try:
-        return future.result(timeout=timeout_s)
-    except concurrent.futures.TimeoutError:
-        _discard_pool(pool)
-        raise VerificationTimeout from None
-    except concurrent.futures.process.BrokenProcessPool:
-        _discard_pool(pool)
-        raise
-
-
 def verify(response: str, gold: str, kind: str = "math", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
-    """Check a model response against the gold answer.
+    """Check a model response against the gold answer. Safe to call from many threads at once.
 
     Args:
         response: the model's full output (untrusted text).
         gold: the reference answer: a LaTeX/plain math expression, or a letter A-J.
-        kind: ``"math"`` (math-verify, gold first) or ``"choice"`` (final letter).
-        timeout_s: wall-clock bound for the whole check; over it counts as wrong.
+        kind: ``"math"`` (last box, math-verify, gold first) or ``"choice"`` (final letter).
+        timeout_s: bound on the math check: CPU seconds in its helper (wall-clock seconds where
+            CPU time cannot be read), and at most ``WALL_CAP_FACTOR`` times as many wall-clock
+            seconds; over it counts as wrong.
 
     Returns:
-        Verdict(reward=+1.0 or -1.0, extracted=final answer string or None). A response
-        with no parsable answer gets -1.0.
+        Verdict(reward=+1.0 or -1.0, extracted=the graded answer string or None). Whatever the
+        response holds, the result is a Verdict: no exception comes from the text. Only bad
+        arguments (ValueError, TypeError) and an environment in which no helper process can
+        start (VerifierUnavailable) raise.
     """
     if kind not in ANSWER_KINDS:
         raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
     if not isinstance(response, str) or not isinstance(gold, str):
         raise TypeError("response and gold must be str")
-    if kind == "choice":  # regular expressions on the text only: no time bound needed
-        return _choice_verdict(response, gold)
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
     try:
-        if threading.current_thread() is threading.main_thread():
-            return _with_alarm(lambda: _math_verdict(response, gold), timeout_s)
-        return _in_helper_process(response, gold, kind, timeout_s)
-    except VerificationTimeout:
-        return Verdict(-1.0, last_boxed(response))
+        if kind == "choice":
+            return _choice_verdict(response, gold)
+        return _math_verdict(response, gold, timeout_s)
+    except G2RLError:
+        raise
+    except Exception as err:  # a bug reached by some text: a wrong answer, never a crash of the caller
+        _log.warning("verify: %s on a %d-character response; scored -1", type(err).__name__, len(response))
+        return Verdict(-1.0, None)
