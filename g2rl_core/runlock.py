@@ -37,6 +37,7 @@ from g2rl_core.errors import G2RLError
 class RunLockedError(G2RLError):
     """Another process (or thread) holds the run directory's lock; the message names the holder."""
 
+
 LOCK_NAME = "run.lock"
 
 _guard = threading.Lock()
