@@ -33,6 +33,7 @@ from g2rl_core.maths.shaping import ShapingConfig
 
 ROLLOUT_BACKENDS = ("transformers", "vllm")
 ANSWER_KINDS = ("math", "choice")
+LOGGERS = ("dvclive", "trackio", "wandb", "tensorboard")  # experiment trackers (g2rl_core.tracking)
 
 
 def method_names() -> tuple[str, ...]:
@@ -243,6 +244,9 @@ class TrainConfig:
     checkpoint_every: int = 10  # steps between checkpoints
     keep_checkpoints: int = 1  # newest checkpoints kept in <out>/checkpoints (>= 1; may change on resume)
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    # experiment trackers fed every log.jsonl row and a per-step completions table: any of LOGGERS
+    # (dvclive, trackio, wandb, tensorboard; [] none); g2rl_core.tracking. The pipeline's profiles use dvclive.
+    loggers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -274,6 +278,9 @@ class TrainConfig:
             self, "lr_warmup_steps", "weight_decay", "grad_clip", "kl_coef", "clip_ratio", "entropy_coeff", "seed"
         )
         _check_unit_interval(self, "top_p")
+        for name in self.loggers:
+            if name not in LOGGERS or self.loggers.count(name) > 1:
+                raise ConfigError(f"loggers = {list(self.loggers)}: list each of {list(LOGGERS)} at most once, or []")
         if self.prompts_per_step % self.ppo_mini_batch_size:
             raise ConfigError(
                 f"ppo_mini_batch_size = {self.ppo_mini_batch_size} must divide "

@@ -79,7 +79,7 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         scale_rewards="none",  # the hook returns finished eq. 2 advantages
         use_vllm=cfg.rollout.backend == "vllm",
         logging_steps=1,
-        report_to=[],
+        report_to=list(cfg.loggers) or "none",  # the same trackers as the native engine (TrainConfig.loggers)
         save_strategy="no",
         use_cpu=not torch.cuda.is_available(),
     )
