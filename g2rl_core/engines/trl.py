@@ -79,7 +79,9 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         scale_rewards="none",  # the hook returns finished eq. 2 advantages
         use_vllm=cfg.rollout.backend == "vllm",
         logging_steps=1,
-        report_to=list(cfg.loggers) or "none",  # the same trackers as the native engine (TrainConfig.loggers)
+        # TrainConfig.loggers, less dvclive: transformers' DVCLiveCallback opens Live() with dvcyaml="dvc.yaml",
+        # which rewrites the repository's dvc.yaml metrics/plots; a dvclive callback must pass dvcyaml=None
+        report_to=[name for name in cfg.loggers if name != "dvclive"] or "none",
         save_strategy="no",
         use_cpu=not torch.cuda.is_available(),
     )
