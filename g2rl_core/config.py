@@ -37,6 +37,7 @@ ENGINES = ("native", "trl", "verl")  # who runs `g2rl train` for a profile (docs
 PRECISIONS = ("float32", "bf16")
 VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ANSWER_KINDS = ("math", "choice")
+LOGGERS = ("dvclive", "trackio", "wandb", "tensorboard")  # experiment trackers (g2rl_core.tracking)
 
 
 def method_names() -> tuple[str, ...]:
@@ -272,6 +273,9 @@ class TrainConfig:
     precision: str = "float32"  # "float32" or "bf16": weights and compute of policy and reference (Phi sums: float32)
     gradient_checkpointing: bool = False  # recompute decoder activations in the update's backward (HF's switch)
     log_prob_micro_batch_size: int = 8  # responses per no-grad forward (old policy + Phi, reference); verl's name
+    # experiment trackers fed every log.jsonl row and a per-step completions table: any of LOGGERS
+    # (dvclive, trackio, wandb, tensorboard; [] none); g2rl_core.tracking. The pipeline's profiles use dvclive.
+    loggers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -308,6 +312,9 @@ class TrainConfig:
         _check_unit_interval(self, "top_p")
         if self.dual_clip_ratio <= 1:
             raise ConfigError(f"dual_clip_ratio = {self.dual_clip_ratio!r} must be > 1")
+        for name in self.loggers:
+            if name not in LOGGERS or self.loggers.count(name) > 1:
+                raise ConfigError(f"loggers = {list(self.loggers)}: list each of {list(LOGGERS)} at most once, or []")
         if self.prompts_per_step % self.ppo_mini_batch_size:
             raise ConfigError(
                 f"ppo_mini_batch_size = {self.ppo_mini_batch_size} must divide "

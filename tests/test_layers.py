@@ -14,7 +14,7 @@ LAYERS = [
     ("base", ["g2rl_core.errors", "g2rl_core.text", "g2rl_core.runlock"]),
     ("maths", ["g2rl_core.maths"]),
     ("config", ["g2rl_core.config", "g2rl_core.paths"]),
-    ("data and models", ["g2rl_core.evaluation.verifier", "g2rl_core.evaluation.verify_helper",
+    ("data and models", ["g2rl_core.tracking", "g2rl_core.evaluation.verifier", "g2rl_core.evaluation.verify_helper",
                          "g2rl_core.evaluation.metrics", "g2rl_core.evaluation.benchmarks", "g2rl_core.models",
                          "g2rl_core.rollout", "g2rl_core.prompt_order"]),
     ("evaluation and analysis", ["g2rl_core.evaluation.runner", "g2rl_core.analysis"]),

@@ -56,7 +56,7 @@ TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
 _STEP_DIR = re.compile(r"step-(\d{8,})")
 
 # Settings that do not change what is trained: a resume may change them.
-RESULT_NEUTRAL = ("keep_checkpoints",)
+RESULT_NEUTRAL = ("keep_checkpoints", "loggers")
 # Per-step statistics that must be finite (``update()`` reports them).
 WATCHED_STATS = ("loss", "grad_norm")
 

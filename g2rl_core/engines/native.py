@@ -63,6 +63,7 @@ from g2rl_core.models import load_policy, resolve_device, sentence_encoder
 from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
 from g2rl_core.runlock import run_lock
+from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -160,6 +161,8 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.step = 0
+        self.trackers = Trackers()  # opened by train() (cfg.loggers)
+        self.completions: list[dict] = []  # the last step's completions table, when trackers are open
 
     # --- checkpoints (layout and guarantees: g2rl_core.engines.checkpoint) -------------------------
     @property
@@ -200,6 +203,7 @@ class Trainer:
                 legacy.unlink(missing_ok=True)
                 ckpt.remove_checkpoints(out / ckpt.CHECKPOINTS)
                 (out / "log.jsonl").unlink(missing_ok=True)
+                remove_tracker_files(out)
             return stale
 
     def maybe_resume(self) -> None:
@@ -230,6 +234,7 @@ class Trainer:
                 fh.write(json.dumps(row) + "\n")
         except OSError as err:
             raise G2RLError(f"cannot append to {self.log_path}: {err.strerror or err}; free disk space") from None
+        self.trackers.log_row(row)
 
     # --- one step -----------------------------------------------------------------------------
     def rollout(self) -> tuple[list, RolloutBatch]:
@@ -344,6 +349,17 @@ class Trainer:
         advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(
             -1
         )
+        if self.trackers:
+            self.completions = completions_table(
+                self.step + 1,
+                [p.prompt for p in problems],
+                [str(p.answer) for p in problems],
+                batch.texts,
+                rewards,
+                phi,
+                advantages.view(G, m),
+                cfg.shaping,
+            )
         stats = self.update(batch, advantages.float().to(self.device), old.logprobs, ref_logprobs)
         wake = getattr(self.backend, "wake_up", None)
         if wake is not None:
@@ -400,6 +416,21 @@ class Trainer:
     def _train_locked(self) -> Path:
         self.maybe_resume()
         ckpt.atomic_write_bytes(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=1).encode())
+        self.trackers = open_trackers(
+            self.cfg.loggers,
+            self.out,
+            run_name=f"{self.out.name}-{self.cfg.method}-seed{self.cfg.seed}",
+            config=self.cfg.to_dict(),
+            history=read_log(self.log_path),
+            resume_step=self.step,
+        )
+        try:
+            return self._loop()
+        finally:
+            self.trackers.close()
+            self.trackers = Trackers()
+
+    def _loop(self) -> Path:
         bar = tqdm(
             total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.method} seed {self.cfg.seed}", unit="step"
         )
@@ -408,6 +439,7 @@ class Trainer:
         while self.step < self.cfg.steps:
             row = self.train_step()
             self.log(row)
+            self.trackers.log_completions(self.step, self.completions)
             ckpt.raise_if_non_finite(row, self.model, ckpt.latest_checkpoint(self.checkpoints_dir))
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 self.log(self.validate())

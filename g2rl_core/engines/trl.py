@@ -144,7 +144,9 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         gradient_checkpointing=cfg.gradient_checkpointing,
         **precision_flags(cfg.precision),
         logging_steps=per_step,
-        report_to=[],
+        # TrainConfig.loggers, less dvclive: transformers' DVCLiveCallback opens Live() with dvcyaml="dvc.yaml",
+        # which rewrites the repository's dvc.yaml metrics/plots; a dvclive callback must pass dvcyaml=None
+        report_to=[name for name in cfg.loggers if name != "dvclive"] or "none",
         save_strategy="steps",
         save_steps=cfg.checkpoint_every * per_step,
         save_total_limit=cfg.keep_checkpoints,
