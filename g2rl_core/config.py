@@ -1,6 +1,6 @@
 """Typed, validated configuration, and the profiles of params.yaml.
 
-``params.yaml`` holds one block per profile (``tiny``, ``paper-1.7b``, ``paper-4b``); the
+``params.yaml`` holds one block per profile (``tiny``, ``paper-1_7b``, ``paper-4b``); the
 top-level ``profile`` key selects the one ``dvc repro`` runs. A profile has
 
 - ``train``:    every ``TrainConfig`` field (Table 3's values for the paper profiles);

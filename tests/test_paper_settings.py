@@ -18,7 +18,7 @@ def _value(cfg, name: str):
 def test_docs_table_matches_params_yaml():
     rows = re.findall(r"^\| `([\w.]+)`[^|]*\| ([^|]+) \|", (REPO / "docs" / "paper-settings.md").read_text(), re.M)
     assert len(rows) >= 20
-    small = load_profile("paper-1.7b", REPO / "params.yaml")
+    small = load_profile("paper-1_7b", REPO / "params.yaml")
     large = load_profile("paper-4b", REPO / "params.yaml")
     for name, stated in rows:
         method = "entropy" if name == "entropy_coeff" else "g2rl"

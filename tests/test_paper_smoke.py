@@ -26,7 +26,7 @@ def smoke_base(tmp_path_factory):
 
 
 def test_profile_is_paper_1_7b_but_small():
-    smoke, paper = load_profile("paper-smoke", PARAMS), load_profile("paper-1.7b", PARAMS)
+    smoke, paper = load_profile("paper-smoke", PARAMS), load_profile("paper-1_7b", PARAMS)
     small = {"model", "data_dir", "prompts_per_step", "rollouts_per_prompt", "ppo_micro_batch_size", "lr"}
     small |= {"max_response_length", "steps", "val_every", "val_problems", "val_samples", "checkpoint_every"}
     small |= {"rollout", "feature_chunk_size", "threads"}

@@ -33,7 +33,7 @@ def test_loggers_setting_refuses_unknown_and_repeated_names():
 
 
 def test_pipeline_profiles_log_to_dvclive():
-    for profile in ("tiny", "paper-1.7b", "paper-4b"):
+    for profile in ("tiny", "paper-1_7b", "paper-4b"):
         assert load_profile(profile, REPO / "params.yaml").train_config("g2rl", 0).loggers == ["dvclive"]
 
 

@@ -182,7 +182,7 @@ def test_groups_split_across_two_processes_match_one_process(tiny_base, tmp_path
 
 
 def test_profile_maps_to_grpo_config(tmp_path):
-    profile = load_profile("paper-1.7b", Path(__file__).resolve().parents[1] / "params.yaml")
+    profile = load_profile("paper-1_7b", Path(__file__).resolve().parents[1] / "params.yaml")
     grpo = grpo_config_from_profile(profile.train_config("grpo", 0), str(tmp_path))
     assert (grpo.learning_rate, grpo.beta, grpo.epsilon, grpo.num_generations) == (5e-7, 0.001, 0.2, 16)
     assert grpo.delta == 3.0 and grpo.weight_decay == 0.01  # verl defaults the paper does not state

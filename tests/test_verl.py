@@ -344,7 +344,7 @@ def test_shaping_config_names_the_bad_key():
         shaping_config(OmegaConf.create({"g2rl": {}, "algorithm": {"rollout_correction": {"bypass_mode": True}}}))
 
 
-@pytest.mark.parametrize("profile, length", [("paper-1.7b", 8192), ("paper-4b", 12288)])
+@pytest.mark.parametrize("profile, length", [("paper-1_7b", 8192), ("paper-4b", 12288)])
 def test_launch_overrides_compose_with_verls_hydra_config(profile, length):
     from hydra import compose, initialize_config_dir
 
@@ -547,7 +547,7 @@ def test_every_verl_method_composes_or_is_refused(method):
     from g2rl_core.errors import ConfigError
     from g2rl_core.maths.methods import METHODS
 
-    run = load_profile("paper-1.7b", REPO / "params.yaml").train_config(method, 3)
+    run = load_profile("paper-1_7b", REPO / "params.yaml").train_config(method, 3)
     if METHODS[method].verl is None:
         with pytest.raises(ConfigError, match="not wired into the verl engine"):
             verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
@@ -613,7 +613,7 @@ def test_reward_function_is_plus_minus_one_through_verls_loader():
     from hydra import compose, initialize_config_dir
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    run = load_profile("paper-1.7b", REPO / "params.yaml").train_config("grpo", 0)
+    run = load_profile("paper-1_7b", REPO / "params.yaml").train_config("grpo", 0)
     overrides = verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)
@@ -734,7 +734,7 @@ def test_shaping_metrics_are_the_native_group_geometry():
         assert metrics[f"g2rl/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
-@pytest.mark.parametrize("profile", ["paper-1.7b", "paper-4b"])
+@pytest.mark.parametrize("profile", ["paper-1_7b", "paper-4b"])
 @pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
 def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp_path):
     from hydra import compose, initialize_config_dir
@@ -758,7 +758,7 @@ def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp
     assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
     assert cfg.trainer.default_local_dir == str(tmp_path / "verl" / "checkpoints")
     assert list(cfg.trainer.logger) == ["console", "file"]
-    assert cfg.data.max_response_length == run.max_response_length == (8192 if profile == "paper-1.7b" else 12288)
+    assert cfg.data.max_response_length == run.max_response_length == (8192 if profile == "paper-1_7b" else 12288)
     assert cfg.actor_rollout_ref.model.path == run.model
     assert cfg.trainer.max_actor_ckpt_to_keep == run.keep_checkpoints
     assert Path(cfg.reward.custom_reward_function.path) == REPO / "g2rl_core" / "engines" / "verl" / "reward.py"

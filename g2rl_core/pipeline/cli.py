@@ -5,7 +5,7 @@
     g2rl eval     --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
     g2rl geometry --profile tiny --runs runs/tiny --out artifacts/tiny/geometry
     g2rl report   --profile tiny
-    g2rl prepare-data --profile paper-1.7b --format verl --out build/paper-1.7b/verl
+    g2rl prepare-data --profile paper-1_7b --format verl --out build/paper-1_7b/verl
 
 Settings come from the profile in params.yaml (``--params`` and ``--profile`` choose it);
 ``--set field=value`` (``section.field=value`` for nested sections) overrides any of them:

@@ -116,7 +116,7 @@ PAPER_FIG3 = {
     "negative_pair_share": {"grpo": 0.0591, "evol": 0.189, "g2rl": 0.2809},
     "semantic_cos_mean": {"grpo": 0.738, "g2rl": 0.769},
 }
-PAPER_MODEL_FOR_PROFILE = {"tiny": "Qwen3-1.7B-Base", "paper-1.7b": "Qwen3-1.7B-Base", "paper-4b": "Qwen3-4B-Base"}
+PAPER_MODEL_FOR_PROFILE = {"tiny": "Qwen3-1.7B-Base", "paper-1_7b": "Qwen3-1.7B-Base", "paper-4b": "Qwen3-4B-Base"}
 
 
 def style() -> None:

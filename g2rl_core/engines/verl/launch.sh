@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Launch verl's PPO trainer with Table 3 for a paper profile and method, on a GPU cluster.
-#   bash g2rl_core/engines/verl/launch.sh paper-1.7b g2rl data/math_train.parquet data/aime25.parquet [extra overrides]
+#   bash g2rl_core/engines/verl/launch.sh paper-1_7b g2rl data/math_train.parquet data/aime25.parquet [extra overrides]
 # Needs verl==0.9.1 and its GPU dependencies (see docs/engines.md). g2rl runs verl's sync V1
 # trainer as G2RLTrainer (trainer.py), which every Ray process imports through verl's
 # VERL_USE_EXTERNAL_MODULES hook (set here and in the Ray runtime env by overrides.py).

@@ -1,6 +1,6 @@
 """Hydra overrides for verl's ``ppo_trainer``, generated from a profile of params.yaml.
 
-    python -m g2rl_core.engines.verl.overrides paper-1.7b g2rl [TRAIN.parquet VAL.parquet]
+    python -m g2rl_core.engines.verl.overrides paper-1_7b g2rl [TRAIN.parquet VAL.parquet]
 
 params.yaml is the one source of Table 3: ``VERL_KEYS`` maps each ``TrainConfig`` field to
 verl's key, so a verl run and a native run of one profile use the same values. ``VERL_FIXED``
