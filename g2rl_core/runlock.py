@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from g2rl_core.errors import G2RLError
+from g2rl_core.errors import ConfigError, G2RLError
 
 
 class RunLockedError(G2RLError):
@@ -94,15 +94,16 @@ def _acquire(path: Path) -> int:
 def run_lock(directory: str | Path) -> Iterator[Path]:
     """Hold ``<directory>/run.lock`` for the body (creating ``directory``); yields the lock path.
 
-    Raises ``G2RLError`` naming the holder's pid and host if another process (or thread) holds it.
+    Raises ``RunLockedError`` naming the holder's pid and host if another process (or thread) holds it,
+    and ``ConfigError`` if ``directory`` is a file or cannot be created.
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file; pass a directory as --out")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise G2RLError(f"cannot create the run directory {directory}: {err.strerror}; pass another --out") from None
-    if not directory.is_dir():
-        raise G2RLError(f"{directory} is not a directory; pass a directory as --out")
+        raise ConfigError(f"cannot create the run directory {directory}: {err.strerror}; pass another --out") from None
     path = directory / LOCK_NAME
     key = os.path.realpath(path)
     me = threading.get_ident()

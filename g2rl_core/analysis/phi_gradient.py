@@ -32,6 +32,7 @@ Run:  python -m g2rl_core.analysis.phi_gradient --profile tiny --runs runs/tiny 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -601,17 +602,7 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
         raise ConfigError(f"--gradients = {args.gradients} must be >= 0 (responses per policy whose gradient is taken)")
     params = load_params(args.params)
     profile = load_profile(args.profile, args.params)
-    spec = {
-        "problems": 30,
-        "samples": 8,
-        "temperature": 0.8,
-        "top_p": 1.0,
-        "encoder": "all-MiniLM-L6-v2",
-        "kind": "math",
-        **profile.geometry,
-    }  # the geometry stage's defaults
-    if "source" not in spec:
-        raise ConfigError(f"profile {profile.name!r} geometry: needs 'source' (the split or benchmark to sample)")
+    spec = dataclasses.asdict(profile.require("geometry"))  # the geometry stage's sampling (GeometrySpec)
     methods = args.methods if args.methods is not None else [m for m in ("grpo", "g2rl") if m in params["methods"]]
     seeds = args.seeds if args.seeds is not None else params.get("seeds", [0])[:1]
     policies = [("base", 0, profile.train["model"])] if args.base else []
@@ -640,7 +631,7 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
         model, tokenizer = load_policy(path)
         pairs, responses = study_policy(
             model,
-            make_rollout(cfg, model, tokenizer),
+            make_rollout(cfg.rollout, model, tokenizer, model_path=path, seed=seed),
             encode,
             problems,
             samples=spec["samples"],
