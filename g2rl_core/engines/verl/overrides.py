@@ -51,6 +51,11 @@ VERL_KEYS = {
     "val_every": "trainer.test_freq",
     "checkpoint_every": "trainer.save_freq",
     "keep_checkpoints": "trainer.max_actor_ckpt_to_keep",
+    "gradient_checkpointing": "actor_rollout_ref.model.enable_gradient_checkpointing",
+    "log_prob_micro_batch_size": (
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",  # the old-policy (and Phi) pass
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+    ),
 }
 
 #: TrainConfig fields that reach verl another way, or have no verl counterpart, and why.
@@ -69,6 +74,9 @@ NOT_IN_VERL_KEYS = {
     "rollout": "rollout.name, below",
     "feature_chunk_size": "verl computes Phi from its own logits (engine.PhiCaptureEngine)",
     "threads": "CPU threads of the native engine",
+    "device": "verl places its workers on the Ray cluster's GPUs",
+    "precision": "verl's FSDP engine has its own mixed-precision settings (bf16 compute by default)",
+    "loggers": "verl's trainer.logger has its own names (console, wandb, ...)",
 }
 
 #: How the method runs on verl (not tunables of the paper).
