@@ -32,8 +32,9 @@ def ablation_runs_dir(profile: str) -> Path:
     return RUNS / f"{profile}-ablation"
 
 
-def ablation_run_dir(profile: str, variant: str, lam: float, *, root: str | Path | None = None) -> Path:
-    return Path(root or ablation_runs_dir(profile)) / f"{variant}-lam{lam}"
+def ablation_run_dir(profile: str, variant: str, lam: float, seed: int, *, root: str | Path | None = None) -> Path:
+    """One run of the shaping ablation: G2RL with eq. 12's ``variant`` reading at ``lam``, seed ``seed``."""
+    return Path(root or ablation_runs_dir(profile)) / f"{variant}-lam{lam}" / f"seed{seed}"
 
 
 def eval_root(profile: str) -> Path:
@@ -44,6 +45,11 @@ def eval_dir(profile: str, method: str, seed: int | None = None) -> Path:
     """Evaluation CSVs of one trained run (or of the base model: method "base", no seed)."""
     root = eval_root(profile) / method
     return root if seed is None else root / f"seed{seed}"
+
+
+def phi_sweep_dir() -> Path:
+    """The Phi-geometry sweep on tiny models (profile-independent)."""
+    return ARTIFACTS / "phi_sweep"
 
 
 def geometry_dir(profile: str) -> Path:

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "g2rl_core"
 
 LAYERS = [
-    ("base", ["g2rl_core.errors", "g2rl_core.text", "g2rl_core.runlock"]),
+    ("base", ["g2rl_core.errors", "g2rl_core.text", "g2rl_core.runlock", "g2rl_core.provenance"]),
     ("maths", ["g2rl_core.maths"]),
     ("config", ["g2rl_core.config", "g2rl_core.paths"]),
     ("data and models", ["g2rl_core.tracking", "g2rl_core.evaluation.verifier", "g2rl_core.evaluation.verify_helper",

@@ -2,6 +2,7 @@
 
 import pytest
 
+from g2rl_core import paths
 from g2rl_core.config import load_profile
 from g2rl_core.engines.native import Trainer
 from g2rl_core.pipeline import cli
@@ -48,7 +49,7 @@ def smoke_pipeline(tiny_base, tmp_path_factory):
         )
     Trainer(
         profile.train_config("g2rl", 0, steps=2, val_every=1, shaping={"variant": "centered", "lam": 1.0}),
-        root / "ablation" / "centered-lam1.0",
+        paths.ablation_run_dir("tiny", "centered", 1.0, 0, root=root / "ablation"),
     ).train()
     assert cli.main(["--params", str(params), "eval", "--out", str(root / "eval" / "base"), "--limit", "3"]) == 0
     assert (

@@ -68,9 +68,9 @@ def test_dvc_paths_are_the_paths_module():
     )
     assert render(dvc["eval_base"]["outs"][0], profile=profile) == str(paths.eval_dir(profile, "base"))
     assert render(dvc["geometry"]["outs"][0], profile=profile) == str(paths.geometry_dir(profile))
-    ablation_out = next(iter(dvc["ablation"]["do"]["outs"][0]))
-    assert render(ablation_out, profile=profile, variant="centered", lam=0.5) == str(
-        paths.ablation_run_dir(profile, "centered", 0.5)
+    ablation_out = next(iter(dvc["ablation"]["outs"][0])).replace("item.point.", "")
+    assert render(ablation_out, profile=profile, variant="centered", lam=0.5, seed=seed) == str(
+        paths.ablation_run_dir(profile, "centered", 0.5, seed)
     )
     assert render(dvc["sft"]["outs"][0]) == str(paths.tiny_build())
     table = next(iter(dvc["table1_main_results"]["outs"][0]))

@@ -49,6 +49,7 @@ from torch import Tensor
 from g2rl_core.errors import ConfigError, DataFileNotFoundError, G2RLError
 from g2rl_core.maths.features import causal_lm_sequence_features, lm_head_parameters, normalized_token_weights
 from g2rl_core.maths.shaping import exploration_scores
+from g2rl_core.provenance import set_threads, write_run_info
 
 #: Block name of the LM head's use of W (d l / d W in z = W h + b), separate from W's input-embedding use.
 HEAD_BLOCK = "<lm_head use>"
@@ -615,8 +616,7 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
                     f"--seed {seed} --out {run.parent}` or leave it out with --methods/--seeds"
                 )
             policies.append((method, seed, str(run)))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads if args.threads is not None else profile.train.get("threads"))
     cfg0 = profile.train_config((methods or ["grpo"])[0], seeds[0])
     pool = load_problems(spec["source"], spec["kind"], cfg0.data_dir)
     problems = [pool[i] for i in sorted(random.Random(0).sample(range(len(pool)), min(spec["problems"], len(pool))))]
@@ -684,11 +684,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the CIs")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         run_study(args)
     except G2RLError as err:
         print(f"phi_gradient: error: {err}", file=sys.stderr)
         return 2
+    write_run_info(args.out, "phi_gradient", time.perf_counter() - start)
     return 0
 
 

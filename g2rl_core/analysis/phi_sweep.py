@@ -40,6 +40,7 @@ from g2rl_core.analysis.phi_gradient import cluster_bootstrap, mean_statistic
 from g2rl_core.errors import ConfigError, G2RLError
 from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.maths.shaping import pairwise_cosine
+from g2rl_core.provenance import set_threads, write_run_info
 
 
 @dataclass(frozen=True)
@@ -259,13 +260,14 @@ def trained_grid() -> list[tuple[str, dict]]:
 
 def run_sweep(args: argparse.Namespace) -> pd.DataFrame:
     """Random-model grid (sweep_random.csv), each model in ``--base`` (sweep_trained.csv); sweep.csv joins them."""
+    from g2rl_core.config import load_profile
     from g2rl_core.evaluation.benchmarks import load_problems
     from g2rl_core.models import load_policy
 
     if args.groups < 1 or args.samples < 2:
         raise ConfigError(f"--groups = {args.groups} must be >= 1 and --samples = {args.samples} >= 2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads if args.threads is not None else load_profile(args.profile, args.params).train.get("threads")
+    set_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -309,6 +311,8 @@ def run_sweep(args: argparse.Namespace) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m g2rl_core.analysis.phi_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--params", default="params.yaml", help="its profile's train.threads: --threads")
+    parser.add_argument("--profile", default=None, help="profile in params.yaml (default: its 'profile' key)")
     parser.add_argument("--base", nargs="*", default=None, help="trained tiny model directories (g2rl sft output)")
     parser.add_argument("--data", default="build/tiny/data/train.jsonl", help="prompts for the trained models")
     parser.add_argument("--groups", type=int, default=16)
@@ -317,11 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-random", dest="random", action="store_false", help="skip the random-model grid")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         run_sweep(args)
     except G2RLError as err:
         print(f"phi_sweep: error: {err}", file=sys.stderr)
         return 2
+    write_run_info(args.out, "phi_sweep", time.perf_counter() - start)
     return 0
 
 

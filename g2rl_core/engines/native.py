@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import set_seed
 
 from g2rl_core.config import ConfigError, TrainConfig
 from g2rl_core.engines import checkpoint as ckpt
@@ -137,7 +138,7 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
+        set_seed(cfg.seed)  # Python, NumPy and torch generators: a checkpoint's saved states are reproducible too
         self.train_problems = load_problems(cfg.train_data, cfg.train_kind, cfg.data_dir)  # data errors first
         self.val_problems = load_problems(cfg.val_data, cfg.val_kind, cfg.data_dir)[: cfg.val_problems]
         if len(self.train_problems) < cfg.prompts_per_step:

@@ -40,6 +40,7 @@ from g2rl_core.config import (
     parse_overrides,
 )
 from g2rl_core.errors import ConfigError, G2RLError
+from g2rl_core.provenance import format_seconds, machine_info, set_threads, write_run_info
 from g2rl_core.runlock import run_lock
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -96,19 +97,22 @@ def runtime_overrides(profile, pairs: list[str]) -> tuple[str | None, RolloutCon
     return data_dir, from_mapping(RolloutConfig, rollout, f"profile {profile.name!r} train.rollout")
 
 
+def profile_threads(args) -> int | None:
+    """The profile's ``train.threads``: one thread count for every command of a profile (None: unset)."""
+    profile = load_profile(args.profile, args.params)
+    return profile.train.get("threads")
+
+
 # --- commands --------------------------------------------------------------------------------------
 
 
-def cmd_sft(args) -> None:
+def cmd_sft(args) -> Path:
     """Build the tiny base: task data, tokenizer and random Qwen3 model, supervised warm start."""
-    import torch
-
     from g2rl_core.pipeline import tiny
 
     profile = load_profile(args.profile, args.params)
     sft_cfg: SFTConfig = profile.require("sft")
     out = writable_dir(args.out)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
     paths = tiny.write_task(out / "data", seed=sft_cfg.task_seed)
     tokenizer = tiny.build_tokenizer()
     model = tiny.build_model(tokenizer, sft_cfg.model, seed=sft_cfg.seed)
@@ -126,18 +130,21 @@ def cmd_sft(args) -> None:
     }
     (out / "base" / "sft_summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
+    return out
 
 
-def cmd_smoke_base(args) -> None:
+def cmd_smoke_base(args) -> Path:
     """Build the paper-smoke base: a random tiny Qwen3 of the profile's sft.model shape, Qwen3-style chat tokenizer."""
     from g2rl_core.pipeline.smoke import build_smoke_base
 
     profile = load_profile(args.profile, args.params)
     sft_cfg: SFTConfig = profile.require("sft")
-    print(f"wrote {build_smoke_base(writable_dir(args.out), sft_cfg.model, seed=sft_cfg.seed)}")
+    out = writable_dir(args.out)
+    print(f"wrote {build_smoke_base(out, sft_cfg.model, seed=sft_cfg.seed)}")
+    return out
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> Path:
     profile = load_profile(args.profile, args.params)
     cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
     engine = args.engine or profile.engine
@@ -154,13 +161,13 @@ def cmd_train(args) -> None:
             ) from None
         train_with_verl(cfg, out)
         print(f"final model: {out / 'final'}")
-        return
+        return out
     if engine == "trl":
         from g2rl_core.engines.trl import train_with_trl
 
         train_with_trl(cfg, str(out), restart_on_config_change=args.on_config_change == "restart")
         print(f"final model: {out / 'final'}")
-        return
+        return out
     from g2rl_core.engines.native import Trainer
 
     with run_lock(out):  # before anything is read or deleted: a second process fails at once
@@ -168,9 +175,10 @@ def cmd_train(args) -> None:
             Trainer.discard_stale_checkpoint(cfg, out)
         final = Trainer(cfg, out).train()
     print(f"final model: {final}")
+    return out
 
 
-def cmd_eval(args) -> None:
+def cmd_eval(args) -> Path:
     import pandas as pd
 
     from g2rl_core.evaluation.benchmarks import BENCHMARKS, load_problems
@@ -231,9 +239,10 @@ def cmd_eval(args) -> None:
     summary = pd.concat(summaries, ignore_index=True)
     summary.to_csv(out / "summary.csv", index=False)
     print(summary[~summary.metric.str.endswith("unbiased")].to_string(index=False))
+    return out
 
 
-def cmd_geometry(args) -> None:
+def cmd_geometry(args) -> Path:
     """Figure 3 data: within-problem pairs of every trained policy (methods x seeds of params.yaml)."""
     import pandas as pd
 
@@ -280,9 +289,10 @@ def cmd_geometry(args) -> None:
             print(summaries[-1])
     pd.concat(frames, ignore_index=True).to_csv(out / "pairs.csv", index=False)
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)
+    return out
 
 
-def cmd_prepare_data(args) -> None:
+def cmd_prepare_data(args) -> Path:
     """verl's parquet files (train.parquet, val.parquet) of the profile's training and validation sets."""
     from g2rl_core import paths
     from g2rl_core.engines.verl.data import prepare_verl_data
@@ -292,6 +302,7 @@ def cmd_prepare_data(args) -> None:
     out = writable_dir(args.out or paths.BUILD / profile.name / args.format)
     for path in prepare_verl_data(cfg, out):
         print(f"wrote {path}")
+    return out
 
 
 def cmd_report(args) -> None:
@@ -312,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--params", **({"default": "params.yaml"} | kw), help="parameter file (params.yaml)")
         common.add_argument("--profile", **({"default": None} | kw), help="profile (default: the file's 'profile')")
         common.add_argument("--debug", action="store_true", **kw, help="show the traceback of an error")
+        common.add_argument(
+            "--threads",
+            type=int,
+            **({"default": None} | kw),
+            help="torch CPU threads (default: the profile's train.threads, else torch's default); "
+            "another count gives other bits",
+        )
         return common
 
     parser = argparse.ArgumentParser(
@@ -332,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sft", cmd_sft, "build the tiny base model (tiny profile)")
     p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=None)
 
     p = command("smoke-base", cmd_smoke_base, "build the paper-smoke base model (random tiny Qwen3, chat tokenizer)")
     p.add_argument("--out", required=True)
@@ -399,8 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start = time.perf_counter()
     try:
-        args.func(args)
+        set_threads(args.threads if args.threads is not None else profile_threads(args))
+        out = args.func(args)
     except (G2RLError, OSError) as err:
         if args.debug:
             raise
@@ -409,6 +428,15 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{err.filename}: {err.strerror or message}"
         print(f"g2rl {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
+    seconds = time.perf_counter() - start
+    if isinstance(out, Path) and out.is_dir():  # the stage's record: machine, command, wall time
+        write_run_info(out, args.command, seconds)
+    info = machine_info()
+    print(
+        f"g2rl {args.command}: done in {format_seconds(seconds)} on {info['cpu']} "
+        f"({info['threads']} threads, {info['cpu_capability']})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from g2rl_core import paths
@@ -20,6 +21,7 @@ from g2rl_core.evaluation.metrics import bootstrap_ci
 from g2rl_core.evaluation.runner import per_problem_metrics
 from g2rl_core.maths.methods import METHODS
 from g2rl_core.maths.shaping import SHAPING_VARIANTS
+from g2rl_core.provenance import PINNED_CPU_ENV, RUN_INFO, format_seconds
 
 #: The untrained model's row in every table and figure ("base" in the eval CSVs).
 BASE = "base"
@@ -441,6 +443,56 @@ def significance_summary(folder: Path) -> list[str]:
     return parts
 
 
+def stage_records(profile: str, root: str | Path = ".") -> list[dict]:
+    """Every stage's ``run_info.json`` (machine, command, wall time) of the profile's pipeline under ``root``."""
+    root = Path(root)
+    folders = [
+        paths.BUILD / profile,
+        paths.tiny_build(),
+        paths.runs_dir(profile),
+        paths.ablation_runs_dir(profile),
+        paths.ARTIFACTS / profile,
+        paths.phi_sweep_dir(),
+    ]
+    records = []
+    for folder in dict.fromkeys(root / f for f in folders):
+        for path in sorted(folder.rglob(RUN_INFO)) if folder.is_dir() else []:
+            try:
+                records.append({"path": str(path.parent.relative_to(root)), **json.loads(path.read_text())})
+            except (json.JSONDecodeError, TypeError) as err:
+                raise ValueError(f"{path}: not a run_info record ({err})") from None
+    return records
+
+
+def provenance_section(records: Sequence[dict]) -> list[str]:
+    """ "Machine and time": the machine(s) the stages ran on and the wall time per command."""
+    if not records:
+        return []
+    frame = pd.DataFrame(records)
+    parts = ["## Machine and time\n", "Read from each stage's `run_info.json` (written by the stage itself).\n"]
+    keys = ["cpu", "usable_cores", "cpu_capability", "threads", "blas"]
+    for machine, group in frame.groupby(keys, sort=False, dropna=False):
+        cpu, cores, capability, threads, blas = machine
+        pinned = all(r == PINNED_CPU_ENV for r in group["pinned_env"])
+        torch_versions = sorted({v.get("torch", "?") for v in group["versions"]})
+        parts.append(
+            f"- {len(group)} stages on {cpu}, {cores} usable cores, {threads} torch threads, {capability} kernels "
+            f"({'pinned by scripts/repro.sh' if pinned else 'NOT pinned: other machines may round differently'}), "
+            f"{blas}, torch {', '.join(torch_versions)}"
+        )
+    times = frame.groupby("command")["wall_seconds"].agg(["count", "sum", "median"]).sort_values("sum", ascending=False)
+    parts += ["", "| command | stages | wall time, total | median per stage |", "| --- | --- | --- | --- |"]
+    for command, row in times.iterrows():
+        total, median = format_seconds(row["sum"]), format_seconds(row["median"])
+        parts.append(f"| {command} | {int(row['count'])} | {total} | {median} |")
+    parts.append(f"| all | {len(frame)} | {format_seconds(frame.wall_seconds.sum())} | |\n")
+    parts.append(
+        "The notebook stages are not timed here; a stage that resumed from its checkpoint counts only its last "
+        "process.\n"
+    )
+    return parts
+
+
 def write_results_index(results_root: str | Path, profile: str) -> Path:
     """results/README.md: the profile's tables inline and its figures embedded, from the notebooks' outputs."""
     root = Path(results_root)
@@ -473,6 +525,7 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
         if figure:
             parts.append(f"![{title}]({profile}/{figure})\n")
     parts += significance_summary(folder)
+    parts += provenance_section(stage_records(profile))
     out = root / "README.md"
     out.write_text("\n".join(parts))
     return out
@@ -482,51 +535,89 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
 
 
 def ablation_runs(
-    params: dict, profile: Profile, runs_dir: Path | None = None, ablation_dir: Path | None = None
-) -> list[tuple[str, float, Path]]:
-    """(variant, lam, run directory) of every point: params.yaml's ``ablation`` grid (seed 0), the main
-    G2RL run (its own variant and lam) and the GRPO run, which is lam = 0 for both readings of eq. 12."""
+    params: dict, profile: Profile, seeds: Sequence[int], runs_dir: Path | None = None, ablation_dir: Path | None = None
+) -> list[tuple[str, float, int, Path]]:
+    """(variant, lam, seed, run directory) of every run of the ablation, for each of ``seeds``:
+    params.yaml's ``ablation`` grid, the main G2RL runs (their own variant and lam) and the GRPO runs, which are
+    lam = 0 for both readings of eq. 12."""
     shaping = profile.train_config("g2rl", 0).shaping
-    runs = [
-        (c["variant"], float(c["lam"]), paths.ablation_run_dir(profile.name, c["variant"], c["lam"], root=ablation_dir))
-        for c in params.get("ablation", [])
-    ]
-    runs.append((shaping.variant, shaping.lam, paths.run_dir(profile.name, "g2rl", 0, root=runs_dir)))
-    runs += [(v, 0.0, paths.run_dir(profile.name, "grpo", 0, root=runs_dir)) for v in SHAPING_VARIANTS]
+    runs = []
+    for seed in seeds:
+        for point in params.get("ablation", []):
+            run = paths.ablation_run_dir(profile.name, point["variant"], point["lam"], seed, root=ablation_dir)
+            runs.append((point["variant"], float(point["lam"]), seed, run))
+        runs.append((shaping.variant, shaping.lam, seed, paths.run_dir(profile.name, "g2rl", seed, root=runs_dir)))
+        runs += [(v, 0.0, seed, paths.run_dir(profile.name, "grpo", seed, root=runs_dir)) for v in SHAPING_VARIANTS]
     return runs
 
 
-def ablation_table(runs: Sequence[tuple[str, float, Path]], val_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per (variant, lam) with the run's final validation accuracy in %, the validation curves)."""
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over seeds and its Student-t confidence interval (NaN bounds for one seed).
+
+    Seeds are independent runs, so the t interval is exact under normality; with 3 seeds its half-width
+    is 2.48 standard deviations (t quantile 4.30 / sqrt 3), which is why the ablation's intervals are wide."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+ABLATION_SCORE = "final validation accuracy (%)"
+
+
+def ablation_table(runs: Sequence[tuple[str, float, int, Path]], val_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per (variant, lam): the final validation accuracy in %, mean over seeds with its 95% t
+    interval and the per-seed values; the validation curves of every run)."""
     rows, curves = [], []
-    for variant, lam, run in runs:
-        log = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+    for variant, lam, seed, run in runs:
+        log_path = Path(run) / "log.jsonl"
+        if not log_path.exists():
+            raise FileNotFoundError(f"no training log at {log_path}; run its stage first (dvc repro ablation train)")
+        log = [json.loads(line) for line in log_path.read_text().splitlines()]
         val = pd.DataFrame([r for r in log if r["kind"] == "val"])
-        rows.append(
+        rows.append({"variant": variant, "lam": lam, "seed": seed, "score": 100 * val[val_key].iloc[-1]})
+        curves.append(val.assign(variant=variant, lam=lam, seed=seed))
+    per_run = pd.DataFrame(rows).drop_duplicates(["variant", "lam", "seed"])
+    table = []
+    for (variant, lam), group in per_run.groupby(["variant", "lam"], sort=True):
+        mean, low, high = seed_interval(group["score"].tolist())
+        table.append(
             {
                 "variant": variant,
                 "lam": lam,
-                "final validation accuracy (%)": round(100 * val[val_key].iloc[-1], 1),
-                "run": str(run),
+                ABLATION_SCORE: format_cell(mean, low, high) if len(group) > 1 else f"{mean:.1f} (one seed)",
+                "mean": round(mean, 2),
+                "ci_low": round(low, 2),
+                "ci_high": round(high, 2),
+                "seeds": len(group),
+                "per seed": ", ".join(f"{v:.1f}" for v in group.sort_values("seed")["score"]),
             }
         )
-        curves.append(val.assign(variant=variant, lam=lam))
-    table = pd.DataFrame(rows).drop_duplicates(["variant", "lam"]).sort_values(["variant", "lam"])
-    return table.reset_index(drop=True), pd.concat(curves, ignore_index=True)
+    return pd.DataFrame(table), pd.concat(curves, ignore_index=True)
 
 
 def ablation_figure(table: pd.DataFrame, curves: pd.DataFrame, val_key: str):
-    """Final validation accuracy against lambda per reading, and the validation curves of the shaped runs."""
+    """Final validation accuracy against lambda per reading (mean over seeds, 95% t interval, each seed a
+    faint dot), and the seed-averaged validation curves of the shaped runs."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for variant, marker in [("equation", "o"), ("centered", "s")]:
+    finals = curves.sort_values("step").groupby(["variant", "lam", "seed"]).tail(1)
+    for variant, marker, shift in [("equation", "o", -0.02), ("centered", "s", 0.02)]:
         sub = table[table.variant == variant]
-        axes[0].plot(sub["lam"], sub["final validation accuracy (%)"], marker=marker, label=variant)
-    axes[0].set(xlabel="lambda", ylabel=f"final validation {val_key} (%)", title="Shaping strength")
+        yerr = np.array([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]]).clip(min=0)
+        line = axes[0].errorbar(sub["lam"] + shift, sub["mean"], yerr=yerr, marker=marker, capsize=3, label=variant)
+        dots = finals[finals.variant == variant]
+        axes[0].scatter(dots["lam"] + shift, 100 * dots[val_key], s=8, alpha=0.35, color=line[0].get_color())
+    axes[0].set(xlabel="lambda", ylabel=f"final validation {val_key} (%)", title="Shaping strength (95% t CI, seeds)")
     axes[0].legend()
     for (variant, lam), curve in curves[curves.lam > 0].groupby(["variant", "lam"], sort=True):
         style = "-" if variant == "equation" else "--"
-        axes[1].plot(curve["step"], 100 * curve[val_key], style, label=f"{variant}, lam={lam:g}")
-    axes[1].set(xlabel="training step", ylabel="validation accuracy (%)", title="Validation during training")
+        mean = curve.groupby("step")[val_key].mean()
+        axes[1].plot(mean.index, 100 * mean.values, style, label=f"{variant}, lam={lam:g}")
+    axes[1].set(xlabel="training step", ylabel="validation accuracy (%)", title="Validation (mean over seeds)")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,0 +1,91 @@
+"""The ablation's statistics: seeds pooled into a mean with a Student-t interval (issue 13, item 7)."""
+
+import json
+import math
+
+import pytest
+
+from g2rl_core.pipeline.report import ABLATION_SCORE, ablation_table, seed_interval
+
+
+def test_seed_interval_by_hand():
+    # values 40, 42, 47: mean 43; sample sd sqrt((9 + 1 + 16) / 2) = sqrt(13) = 3.60555;
+    # t(0.975, df=2) = 4.302653; half-width 4.302653 * 3.60555 / sqrt(3) = 8.95673.
+    mean, low, high = seed_interval([40.0, 42.0, 47.0])
+    assert mean == pytest.approx(43.0)
+    assert low == pytest.approx(43.0 - 8.95673, abs=1e-4) and high == pytest.approx(43.0 + 8.95673, abs=1e-4)
+    # one seed has no interval
+    mean, low, high = seed_interval([41.0])
+    assert mean == 41.0 and math.isnan(low) and math.isnan(high)
+
+
+def _run(root, name, finals):
+    run = root / name
+    run.mkdir(parents=True)
+    rows = [{"kind": "val", "step": 0, "val_mean_at_8": 0.1}] + [
+        {"kind": "train", "step": 1, "reward_mean": 0.0},
+        {"kind": "val", "step": 10, "val_mean_at_8": finals},
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_ablation_table_pools_seeds_and_keeps_each(tmp_path):
+    runs = [
+        ("equation", 0.5, 0, _run(tmp_path, "a0", 0.40)),
+        ("equation", 0.5, 1, _run(tmp_path, "a1", 0.42)),
+        ("equation", 0.5, 2, _run(tmp_path, "a2", 0.47)),
+        ("centered", 0.0, 0, _run(tmp_path, "g0", 0.30)),  # GRPO: lam = 0, one seed here
+    ]
+    table, curves = ablation_table(runs, "val_mean_at_8")
+    row = table[table.variant == "equation"].iloc[0]
+    assert row["mean"] == pytest.approx(43.0) and row["seeds"] == 3 and row["per seed"] == "40.0, 42.0, 47.0"
+    assert row[ABLATION_SCORE] == "43.0 [34.0, 52.0]"
+    lone = table[table.variant == "centered"].iloc[0]
+    assert lone[ABLATION_SCORE] == "30.0 (one seed)" and lone["seeds"] == 1
+    assert len(curves) == 8 and set(curves.seed) == {0, 1, 2}  # two val rows per run
+
+
+def test_ablation_table_names_a_missing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing/log.jsonl"):
+        ablation_table([("equation", 0.5, 0, tmp_path / "missing")], "val_mean_at_8")
+
+
+def test_results_index_names_the_machine_and_where_the_time_went(tmp_path, monkeypatch):
+    from g2rl_core.pipeline.report import stage_records, write_results_index
+    from g2rl_core.provenance import PINNED_CPU_ENV, machine_info
+
+    monkeypatch.chdir(tmp_path)
+    machine = machine_info()
+    for folder, command, seconds in [
+        ("runs/tiny/grpo/seed0", "train", 200.0),
+        ("runs/tiny/g2rl/seed0", "train", 220.0),
+        ("artifacts/tiny/eval/base", "eval", 65.0),
+        ("runs/other/grpo/seed0", "train", 999.0),  # another profile: not counted
+    ]:
+        (tmp_path / folder).mkdir(parents=True)
+        record = {"command": command, "wall_seconds": seconds, **machine, "pinned_env": PINNED_CPU_ENV}
+        (tmp_path / folder / "run_info.json").write_text(json.dumps(record))
+    assert sorted(r["path"] for r in stage_records("tiny")) == [
+        "artifacts/tiny/eval/base",
+        "runs/tiny/g2rl/seed0",
+        "runs/tiny/grpo/seed0",
+    ]
+    (tmp_path / "results" / "tiny").mkdir(parents=True)
+    text = write_results_index(tmp_path / "results", "tiny").read_text()
+    assert f"3 stages on {machine['cpu']}" in text and "pinned by scripts/repro.sh" in text
+    assert "| train | 2 | 7m00s | 3m30s |" in text and "| eval | 1 | 1m05s | 1m05s |" in text
+    assert "| all | 3 | 8m05s | |" in text
+
+
+def test_cli_threads_come_from_the_profile_and_are_recorded(tiny_base, tmp_path, capsys):
+    from g2rl_core.pipeline import cli
+
+    params = tiny_base / "params.yaml"
+    out = tmp_path / "smoke"
+    assert cli.main(["--params", str(params), "prepare-data", "--format", "verl", "--out", str(out)]) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["threads"] == 1 and info["command"] == "prepare-data"  # the fixture's train.threads
+    assert "done in" in capsys.readouterr().err
+    assert cli.main(["--params", str(params), "--threads", "0", "prepare-data", "--format", "verl"]) == 2
+    assert "threads = 0 must be >= 1" in capsys.readouterr().err
