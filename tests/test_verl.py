@@ -5,6 +5,7 @@ where verl is not importable. What needs GPUs (FSDP sharding, Ray workers, vLLM 
 not run here; the README's verl section lists it.
 """
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -23,7 +24,13 @@ from verl.trainer.ppo.core_algos import AdvantageEstimator  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
 
 from g2rl_core.config import load_profile  # noqa: E402
-from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, shape_outcome_scores  # noqa: E402
+from g2rl_core.engines.verl.adapter import (  # noqa: E402
+    PHI_FLAG,
+    PHI_KEY,
+    decode_responses,
+    evol_outcome_scores,
+    shape_outcome_scores,
+)
 from g2rl_core.engines.verl.engine import PhiCaptureEngine, response_rows  # noqa: E402
 from g2rl_core.engines.verl.overrides import verl_overrides  # noqa: E402
 from g2rl_core.maths.features import (  # noqa: E402
@@ -33,6 +40,7 @@ from g2rl_core.maths.features import (  # noqa: E402
     phi_from_sums,
     phi_sums_from_logits,
 )
+from g2rl_core.maths.methods import METHODS, GroupBatch, evol_rewards  # noqa: E402
 from g2rl_core.maths.shaping import (  # noqa: E402
     ShapingConfig,
     exploration_scores,
@@ -41,6 +49,18 @@ from g2rl_core.maths.shaping import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def evol_on_verl(monkeypatch):
+    """The registry entry the verl engine runs EVOL-RL from: ``Method("evol", ..., verl="evol")``.
+
+    ``maths/methods.py`` still registers evol with ``verl=None`` (the file is a dependency of
+    every pipeline stage, so the one-field change waits; docs/engines.md). Once it says "evol",
+    this fixture changes nothing.
+    """
+    monkeypatch.setitem(METHODS, "evol", dataclasses.replace(METHODS["evol"], verl="evol"))
+
 
 TEMPERATURE = 0.7
 
@@ -398,11 +418,16 @@ def transfer_queue():
 
 
 def _trainer(lam=1.0):
-    from omegaconf import OmegaConf
-
     from g2rl_core.engines.verl.trainer import G2RLTrainer
 
-    trainer = object.__new__(G2RLTrainer)  # the driver-side steps only; no Ray workers or rollout servers
+    return _driver(G2RLTrainer, shaping=ShapingConfig(lam=lam))
+
+
+def _driver(trainer_cls, **attributes):
+    """A trainer of ``trainer_cls`` for the driver-side steps only: no Ray workers or rollout servers."""
+    from omegaconf import OmegaConf
+
+    trainer = object.__new__(trainer_cls)
     trainer.config = OmegaConf.create(
         {
             "algorithm": {
@@ -419,7 +444,7 @@ def _trainer(lam=1.0):
             },
         }
     )
-    trainer.shaping = ShapingConfig(lam=lam)
+    vars(trainer).update(attributes)
     return trainer
 
 
@@ -522,11 +547,11 @@ def test_verl_imports_the_trainer_module_when_asked(tmp_path):
     import subprocess
     import sys
 
-    code = "import verl; from verl.trainer.ppo.v1 import get_trainer_cls; print(get_trainer_cls('g2rl').__name__)"
+    code = "import verl; from verl.trainer.ppo.v1 import get_trainer_cls as c; print(c('g2rl'), c('evol'))"
     env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "g2rl_core.engines.verl.trainer"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("G2RLTrainer")
+    assert out.stdout.strip().endswith("trainer.G2RLTrainer'> <class 'g2rl_core.engines.verl.trainer.EvolTrainer'>")
 
 
 def test_every_setting_reaches_verl_or_says_why_not():
@@ -541,17 +566,10 @@ def test_every_setting_reaches_verl_or_says_why_not():
 
 
 @pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
-def test_every_verl_method_composes_or_is_refused(method):
+def test_every_verl_method_composes(method, evol_on_verl):
     from hydra import compose, initialize_config_dir
 
-    from g2rl_core.errors import ConfigError
-    from g2rl_core.maths.methods import METHODS
-
     run = load_profile("paper-1_7b", REPO / "params.yaml").train_config(method, 3)
-    if METHODS[method].verl is None:
-        with pytest.raises(ConfigError, match="not wired into the verl engine"):
-            verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
-        return
     overrides = verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)
@@ -559,7 +577,23 @@ def test_every_verl_method_composes_or_is_refused(method):
     assert cfg.data.seed == 3
     assert actor.optim.weight_decay == run.weight_decay and actor.grad_clip == run.grad_clip
     assert actor.entropy_coeff == (run.entropy_coeff if METHODS[method].uses_entropy_bonus else 0)
-    assert (cfg.trainer.get("v1", {}).get("trainer_mode") == "g2rl") == (METHODS[method].verl == "g2rl")
+    # g2rl and evol run our trainers (trainer.py); grpo and entropy verl's default sync trainer
+    assert cfg.trainer.v1.trainer_mode == (method if method in ("g2rl", "evol") else "sync")
+    assert (cfg.get("evol") is not None) == (method == "evol")
+    if method == "evol":
+        assert cfg.evol.encoder == run.encoder == "Qwen/Qwen3-Embedding-4B"
+
+
+def test_a_method_the_registry_does_not_run_on_verl_is_refused(monkeypatch, tmp_path):
+    from g2rl_core.engines.verl.run import VerlSettings, run_overrides
+    from g2rl_core.errors import ConfigError
+
+    monkeypatch.setitem(METHODS, "evol", dataclasses.replace(METHODS["evol"], verl=None))
+    run = load_profile("paper-1_7b", REPO / "params.yaml").train_config("evol", 0)
+    with pytest.raises(ConfigError, match="method 'evol' is not wired into the verl engine"):
+        verl_overrides(run, train_files="t.parquet", val_files="v.parquet")
+    with pytest.raises(ConfigError, match="not wired into the verl engine"):
+        run_overrides(run, tmp_path, VerlSettings(), tmp_path / "t.parquet", tmp_path / "v.parquet")
 
 
 # --- issue 12: data files, reward function and its scale, metrics, checkpoints, composed run configs ---------
@@ -660,6 +694,191 @@ def test_trainer_refuses_a_zero_one_scale(transfer_queue):
         _trainer()._compute_advantage(meta, {})
 
 
+# --- issue 12, item 3: EVOL-RL on verl ---------------------------------------------------------------------
+
+#: Hand-made groups (uid, response text, verifier reward), interleaved as after verl's balancing.
+#: Group a: four valid answers; group b: the third one's only boxed digit is inside <think>, so it is
+#: invalid; group c: one valid answer and one with none.
+EVOL_ROWS = [
+    ("a", "<think>add</think> so \\boxed{4}", 1.0),
+    ("b", "\\boxed{7}", 1.0),
+    ("c", "\\boxed{2}", 1.0),
+    ("a", "<think>sum</think> hence \\boxed{4}", 1.0),
+    ("b", "<think>\\boxed{7}</think> \\boxed{6}", -1.0),
+    ("c", "no answer", -1.0),
+    ("a", "<think>plus</think> thus \\boxed{4}", 1.0),
+    ("b", "<think>\\boxed{7}</think> seven", 1.0),
+    ("a", "<think>guess</think> maybe \\boxed{5}", -1.0),
+]
+#: The encoder's embedding of each valid answer part (text after </think>); any other text is a KeyError,
+#: so a test fails if an invalid response is embedded.
+EVOL_EMBEDDINGS = {
+    "so \\boxed{4}": (1.0, 0.0),
+    "hence \\boxed{4}": (1.0, 0.0),
+    "thus \\boxed{4}": (0.0, 1.0),
+    "maybe \\boxed{5}": (1.0, 1.0),
+    "\\boxed{7}": (1.0, 0.0),
+    "\\boxed{6}": (0.0, 1.0),
+    "\\boxed{2}": (1.0, 0.0),
+}
+# By hand, group a: clipped cosines s01 = 1, s02 = s12 = 0, s03 = s13 = s23 = 1/sqrt(2). The correct
+# class {0, 1, 2}: novelty_i = 1 - (0.5 * mean same-class sim + 0.5 * max sim) gives n0 = n1 =
+# 1 - (0.5 * 0.5 + 0.5 * 1) = 0.25 and n2 = 1 - (0.5 * 0 + 0.5 / sqrt(2)) = 0.646; min-max -> 0, 0, 1,
+# so 0.5 + 0.5 * (0, 0, 1) = 0.5, 0.5, 1.0; the lone incorrect one gets -0.5. Group b: the invalid
+# one gets -1 and leaves; one valid correct (lone: 1.0) and one valid incorrect (lone: -0.5).
+# Group c: fewer than two valid responses beside an invalid one: -1 for both.
+EVOL_BY_HAND = [0.5, 1.0, -1.0, 0.5, -0.5, -1.0, 1.0, -1.0, -0.5]
+
+
+def _fake_encoder(texts):
+    return torch.tensor([EVOL_EMBEDDINGS[t] for t in texts])
+
+
+def _evol_dataproto(tokenizer, rows=EVOL_ROWS):
+    """A DataProto as verl's reward step leaves it: responses (ending in <|im_end|>), right-padded, with the
+    verifier's score on each response's last token."""
+    ids = [tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for _, text, _ in rows]
+    R = max(map(len, ids))
+    responses = torch.full((len(ids), R), tokenizer.pad_token_id)
+    mask, scores = torch.zeros(len(ids), R, dtype=torch.long), torch.zeros(len(ids), R)
+    for i, (row, (_, _, reward)) in enumerate(zip(ids, rows)):
+        responses[i, : len(row)], mask[i, : len(row)], scores[i, len(row) - 1] = torch.tensor(row), 1, reward
+    uid = np.array([u for u, _, _ in rows], dtype=object)
+    return DataProto.from_dict(
+        tensors={"responses": responses, "response_mask": mask, "rm_scores": scores}, non_tensors={"uid": uid}
+    )
+
+
+def _evol_on(data, tokenizer, encode=_fake_encoder):
+    batch = data.batch
+    lengths = batch["response_mask"].sum(-1)
+    texts = decode_responses(tokenizer, [batch["responses"][i, :n] for i, n in enumerate(lengths)])
+    return evol_outcome_scores(batch["rm_scores"], batch["response_mask"], texts, data.non_tensor_batch["uid"], encode)
+
+
+def test_evol_rewards_on_a_dataproto_follow_evol_rewards_per_uid_group():
+    from test_prompts import qwen3_style_tokenizer
+
+    tokenizer = qwen3_style_tokenizer()
+    data = _evol_dataproto(tokenizer)
+    scores, metrics = _evol_on(data, tokenizer)
+    mask = data.batch["response_mask"]
+    last = mask.sum(-1) - 1
+    assert torch.all(scores[torch.arange(len(last)), last] == scores.sum(-1))  # all on the last token
+    got = scores.sum(-1)
+    torch.testing.assert_close(got, torch.tensor(EVOL_BY_HAND))
+    uid = data.non_tensor_batch["uid"]
+    for group in np.unique(uid):  # the project's evol_rewards on the same group, validity as maths.methods._evol
+        idx = np.nonzero(uid == group)[0]
+        answers = [EVOL_ROWS[i][1].rpartition("</think>")[2].strip() for i in idx]
+        valid = torch.tensor([[a in EVOL_EMBEDDINGS for a in answers]])
+        embeddings = torch.tensor([[EVOL_EMBEDDINGS.get(a, (0.0, 0.0)) for a in answers]])
+        correct = torch.tensor([[EVOL_ROWS[i][2] > 0 for i in idx]])
+        torch.testing.assert_close(got[idx], evol_rewards(embeddings, correct, valid)[0])
+    assert metrics == {
+        "evol/reward_mean": pytest.approx(sum(EVOL_BY_HAND) / 9),
+        "evol/valid_share": pytest.approx(7 / 9),
+        "evol/verifier_reward_mean": pytest.approx(3 / 9),
+    }
+
+
+def test_evol_on_verl_gives_the_native_methods_advantages():
+    """Two whole groups of four: our eq. 2 on the verl rewards equals the native method's advantages."""
+    from test_prompts import qwen3_style_tokenizer
+
+    rows = [r for r in EVOL_ROWS if r[0] == "a"] + [
+        ("d", "\\boxed{7}", 1.0),
+        ("d", "<think>\\boxed{7}</think> \\boxed{6}", -1.0),
+        ("d", "<think>x</think> \\boxed{2}", -1.0),
+        ("d", "none", -1.0),
+    ]
+    tokenizer = qwen3_style_tokenizer()
+    scores, _ = _evol_on(_evol_dataproto(tokenizer, rows), tokenizer)
+    rewards = torch.tensor([r for _, _, r in rows]).view(2, 4)
+    batch = GroupBatch(rewards, rewards > 0, torch.zeros(2, 4, 1), [t for _, t, _ in rows])
+    native = METHODS["evol"].advantages(batch, None, _fake_encoder)
+    torch.testing.assert_close(grpo_advantages(scores.sum(-1).view(2, 4)), native)
+    assert not torch.allclose(grpo_advantages(rewards), native)  # EVOL-RL changed them
+
+
+def test_evol_outcome_scores_check_the_batch_size():
+    with pytest.raises(ValueError, match=r"uid \(2\), texts \(1\) and scores \(2\)"):
+        evol_outcome_scores(torch.ones(2, 3), torch.ones(2, 3), ["x"], np.array(["a", "a"]), _fake_encoder)
+
+
+def test_evol_encoder_names_the_bad_field():
+    from omegaconf import OmegaConf
+
+    from g2rl_core.engines.verl.trainer import evol_encoder
+
+    assert evol_encoder(OmegaConf.create({"evol": {"encoder": "all-MiniLM-L6-v2"}})) == "all-MiniLM-L6-v2"
+    for config in ({}, {"evol": {}}, {"evol": {"encoder": ""}}, {"evol": {"encoder": 3}}):
+        with pytest.raises(ValueError, match="evol.encoder = .*needs a sentence encoder"):
+            evol_encoder(OmegaConf.create(config))
+
+
+def test_evol_trainer_advantage_step_rewards_by_uid_and_keeps_verifier_scores(transfer_queue):
+    from test_prompts import qwen3_style_tokenizer
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    from g2rl_core.engines.verl.trainer import EvolTrainer
+
+    tq = transfer_queue
+    tokenizer = qwen3_style_tokenizer()
+    data = _evol_dataproto(tokenizer)
+    mask, scores, uid = data.batch["response_mask"], data.batch["rm_scores"], data.non_tensor_batch["uid"]
+    B, R = mask.shape
+    samples = []
+    for i in range(B):
+        n = int(mask[i].sum())
+        samples.append(
+            {
+                "uid": uid[i],
+                "responses": data.batch["responses"][i, :n],
+                "response_mask": mask[i, :n],
+                "rm_scores": scores[i, :n],
+                "old_log_probs": torch.zeros(n),
+                "ref_log_prob": torch.zeros(n),
+            }
+        )
+    # verl's padding sample (upsample_batch_to_divisible_size: sample 0's fields, an empty response, its own
+    # uid) and an earlier output of sample 1's session (score 5): neither is rewarded nor grouped (the
+    # metrics would count them); the earlier output inherits sample 1's advantage.
+    pad = torch.zeros(1, dtype=torch.long)
+    samples.append({**samples[0], "uid": "padevol", "responses": pad, "response_mask": pad, "rm_scores": pad * 0.0})
+    samples.append({**samples[1], "rm_scores": torch.full_like(samples[1]["rm_scores"], 5.0)})
+    tags = [{"is_padding": False}] * B + [{"is_padding": True}, {"is_padding": False}]
+    keys = [f"evol{uid[i]}_{i}_1" for i in range(B)] + ["padevol_0_0", f"evol{uid[1]}_1_0"]
+    meta = tq.kv_batch_put(keys=keys, partition_id="evol", fields=tu.list_of_dict_to_tensordict(samples), tags=tags)
+
+    metrics = {}
+    _driver(EvolTrainer, tokenizer=tokenizer, encode=_fake_encoder)._compute_advantage(meta, metrics)
+    out = tq.kv_batch_get(keys=keys, partition_id="evol", select_fields=["advantages", "rm_scores"]).to_padded_tensor()
+    torch.testing.assert_close(out["rm_scores"][:B, :R], scores)  # verl's score metrics stay the verifier's
+
+    expected_scores, expected_metrics = _evol_on(data, tokenizer)
+    torch.testing.assert_close(expected_scores.sum(-1), torch.tensor(EVOL_BY_HAND))
+    rewards = torch.cat([expected_scores, torch.zeros(1, R), torch.full((1, R), 5.0) * mask[1]])
+    verl_data = DataProto.from_dict(
+        tensors={
+            "response_mask": torch.cat([mask, torch.zeros(1, R, dtype=torch.long), mask[1:2]]),
+            "token_level_rewards": rewards,
+            "responses": torch.zeros(B + 2, R),
+        },
+        non_tensors={"uid": np.append(uid, ["padevol", uid[1]])},
+    )
+    expected = compute_advantage_for_multi_trajectories(
+        verl_data, batch_keys=keys, adv_estimator=AdvantageEstimator.GRPO, num_repeat=4
+    ).batch["advantages"]
+    adv = out["advantages"][:, :R]
+    torch.testing.assert_close(adv[:B] * mask, expected[:B] * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adv[B + 1] * mask[1], adv[1] * mask[1])
+    # Group a by hand through verl's GRPO: rewards (0.5, 0.5, 1.0, -0.5), mean 0.375, unbiased std
+    # sqrt((2 * 0.125^2 + 0.625^2 + 0.875^2) / 3) = 0.6292; response 6 (group a's third): 0.625 / 0.6292 = 0.9933.
+    assert adv[6, 0].item() == pytest.approx(0.625 / math.sqrt((0.125**2 * 2 + 0.625**2 + 0.875**2) / 3), rel=1e-5)
+    assert metrics == expected_metrics
+
+
 # A step's metrics as verl 0.9.1's V1 trainer logs them (key names from its source: trainer_base.py,
 # engine_workers.py, losses.py, metric_utils.py; values invented), with G2RLTrainer's g2rl/* keys.
 VERL_STEP = {
@@ -736,21 +955,15 @@ def test_shaping_metrics_are_the_native_group_geometry():
 
 @pytest.mark.parametrize("profile", ["paper-1_7b", "paper-4b"])
 @pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
-def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp_path):
+def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp_path, evol_on_verl):
     from hydra import compose, initialize_config_dir
 
     from g2rl_core.engines.verl.run import VerlSettings, run_overrides
-    from g2rl_core.errors import ConfigError
-    from g2rl_core.maths.methods import METHODS
 
     run = load_profile(profile, REPO / "params.yaml").train_config(method, 1)
     settings = VerlSettings(
         n_gpus_per_node=4, nnodes=2, overrides=["actor_rollout_ref.rollout.tensor_model_parallel_size=2"]
     )
-    if METHODS[method].verl is None:
-        with pytest.raises(ConfigError, match="not wired into the verl engine"):
-            run_overrides(run, tmp_path, settings, tmp_path / "t.parquet", tmp_path / "v.parquet")
-        return
     overrides = run_overrides(run, tmp_path, settings, tmp_path / "t.parquet", tmp_path / "v.parquet")
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)
@@ -766,6 +979,15 @@ def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp
     assert (cfg.get("g2rl") is not None) == (method == "g2rl")
     if method == "g2rl":
         assert dict(cfg.g2rl) == run.shaping.kwargs()
+    assert (cfg.get("evol") is not None) == (method == "evol")
+    if method == "evol":
+        from g2rl_core.engines.verl.trainer import evol_encoder
+
+        assert cfg.trainer.v1.trainer_mode == "evol"
+        assert (
+            cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "g2rl_core.engines.verl.trainer"
+        )
+        assert evol_encoder(cfg) == run.encoder == "Qwen/Qwen3-Embedding-4B"  # the profile's encoder setting
 
 
 def test_verl_settings_block_is_checked(tmp_path):
@@ -838,7 +1060,8 @@ def test_latest_checkpoint_errors_name_the_file(tmp_path):
         latest_actor_checkpoint(tmp_path)
 
 
-def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path):
+@pytest.mark.parametrize("method", ["g2rl", "evol"])
+def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path, method, evol_on_verl):
     """The stage's flow with the two verl commands recorded (no GPU): data first, verl's trainer with the
     run's overrides and the trainer plugin, then the merger on the newest checkpoint, then log.jsonl."""
     import json
@@ -847,7 +1070,7 @@ def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path):
     from g2rl_core.config import RolloutConfig
     from g2rl_core.engines.verl.run import VerlSettings, train_with_verl
 
-    run = _data_config(tmp_path, method="g2rl", rollouts_per_prompt=4, rollout=RolloutConfig(backend="vllm"))
+    run = _data_config(tmp_path, method=method, rollouts_per_prompt=4, rollout=RolloutConfig(backend="vllm"))
     calls = []
 
     def runner(command, env, check):
@@ -866,7 +1089,7 @@ def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path):
     assert final == tmp_path / "final" and final.is_dir()
     (train_cmd, env), (merge_cmd, _) = calls
     assert env["VERL_USE_EXTERNAL_MODULES"] == "g2rl_core.engines.verl.trainer"
-    assert "trainer.n_gpus_per_node=2" in train_cmd and "trainer.v1.trainer_mode=g2rl" in train_cmd
+    assert "trainer.n_gpus_per_node=2" in train_cmd and f"trainer.v1.trainer_mode={method}" in train_cmd
     assert f"data.train_files={tmp_path / 'verl' / 'data' / 'train.parquet'}" in train_cmd
     assert merge_cmd[merge_cmd.index("--local_dir") + 1] == str(tmp_path / "verl/checkpoints/global_step_7/actor")
     row = json.loads((tmp_path / "log.jsonl").read_text())

@@ -19,6 +19,8 @@ from g2rl_core.maths.methods import METHODS
 
 PLUGIN_ENV = "VERL_USE_EXTERNAL_MODULES"
 PLUGIN = "g2rl_core.engines.verl.trainer"
+#: ``Method.verl`` values run by a trainer of ``PLUGIN`` (``trainer.v1.trainer_mode``); "grpo" is verl's own.
+TRAINER_MODES = ("g2rl", "evol")
 #: The verifier as verl's reward function (+-1, as in the native engine); verl loads it by file path.
 REWARD_FUNCTION = {
     "reward.custom_reward_function.path": str(Path(__file__).resolve().with_name("reward.py")),
@@ -70,7 +72,7 @@ NOT_IN_VERL_KEYS = {
     "method": "the trainer mode and the entropy coefficient, below",
     "entropy_coeff": "actor.entropy_coeff, below (0 unless the method uses the bonus)",
     "shaping": "the +g2rl block, below",
-    "encoder": "EVOL-RL is refused on verl (docs/engines.md)",
+    "encoder": "the +evol block, below (EvolTrainer loads it with models.sentence_encoder)",
     "rollout": "rollout.name, below",
     "feature_chunk_size": "verl computes Phi from its own logits (engine.PhiCaptureEngine)",
     "threads": "CPU threads of the native engine",
@@ -118,20 +120,25 @@ def verl_overrides(cfg: TrainConfig, *, train_files: str, val_files: str) -> lis
     values["data.seed"] = cfg.seed
     values.update({"data.train_files": train_files, "data.val_files": val_files})
     overrides = [f"{key}={_value(value)}" for key, value in values.items()]
-    if method.verl == "g2rl":
-        # G2RLTrainer (trainer.py) is verl's sync V1 trainer plus Phi capture and shaping. Every Ray
-        # process (the TaskRunner looks the trainer up by name) imports it through verl's
+    if method.verl in TRAINER_MODES:
+        # G2RLTrainer / EvolTrainer (trainer.py): verl's sync V1 trainer with the method's rewards.
+        # Every Ray process (the TaskRunner looks the trainer up by name) imports it through verl's
         # VERL_USE_EXTERNAL_MODULES hook.
         overrides += [
-            "trainer.v1.trainer_mode=g2rl",
+            f"trainer.v1.trainer_mode={method.verl}",
             f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLUGIN_ENV}={PLUGIN}",
-            *(f"+g2rl.{key}={_value(value)}" for key, value in cfg.shaping.kwargs().items()),
         ]
+    if method.verl == "g2rl":
+        overrides += [f"+g2rl.{key}={_value(value)}" for key, value in cfg.shaping.kwargs().items()]
+    if method.verl == "evol":
+        overrides.append(f"+evol.encoder={cfg.encoder}")
     return overrides
 
 
 if __name__ == "__main__":
     profile, method = sys.argv[1], sys.argv[2]
     train, val = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else ("data/math_train.parquet", "data/aime25.parquet")
-    cfg = load_profile(profile).train_config(method, 0)
-    print(" ".join(verl_overrides(cfg, train_files=train, val_files=val)))
+    try:
+        print(" ".join(verl_overrides(load_profile(profile).train_config(method, 0), train_files=train, val_files=val)))
+    except ConfigError as err:
+        sys.exit(f"verl overrides: error: {err}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from g2rl_core.config import TrainConfig, _check_fields, _check_positive, from_mapping, load_params
 from g2rl_core.engines.verl.data import prepare_verl_data
-from g2rl_core.engines.verl.overrides import PLUGIN, PLUGIN_ENV, verl_overrides
+from g2rl_core.engines.verl.overrides import PLUGIN, PLUGIN_ENV, TRAINER_MODES, verl_overrides
 from g2rl_core.errors import ConfigError, G2RLError
 from g2rl_core.maths.methods import METHODS
 
@@ -168,7 +168,7 @@ def train_with_verl(cfg: TrainConfig, out: str | Path, *, settings: VerlSettings
     settings = settings or load_verl_settings()
     train, val = prepare_verl_data(cfg, out / VERL_DIR / "data")
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(out / VERL_DIR / METRICS_FILE)}
-    if METHODS[cfg.method].verl == "g2rl":
+    if METHODS[cfg.method].verl in TRAINER_MODES:
         env[PLUGIN_ENV] = PLUGIN
     command = [sys.executable, "-m", "verl.trainer.main_ppo", *run_overrides(cfg, out, settings, train, val)]
     (out / VERL_DIR / "command.json").write_text(json.dumps(command, indent=1))

@@ -1,20 +1,30 @@
-"""verl's synchronous V1 PPO trainer with G2RL, registered as ``trainer.v1.trainer_mode=g2rl`` (verl==0.9.1).
+"""verl's synchronous V1 PPO trainer with G2RL or EVOL-RL: ``trainer.v1.trainer_mode=g2rl|evol`` (verl==0.9.1).
 
 ``launch.sh`` loads this module in every verl process (``VERL_USE_EXTERNAL_MODULES``), so the
-Ray TaskRunner finds the trainer by name. Against verl's ``PPOTrainerSync`` it changes three
-steps and nothing else:
+Ray TaskRunner finds the trainers by name. Both replace the verifier's scores before verl's GRPO
+estimator (``RescoringTrainer._compute_advantage``): they read the step's fields from the
+TransferQueue, recompute the rewards group by group (grouped by ``uid`` over the final output of
+each session, as verl's GRPO groups them; verl's synthetic padding samples are left out), let
+verl's own GRPO estimator compute the advantages from them, and put the verifier scores back so
+verl's score metrics stay the verifier's.
+
+``G2RLTrainer`` changes two more steps of verl's ``PPOTrainerSync``:
 
 - ``_init_resource_pool_mgr``: the actor runs as ``G2RLActorRolloutRefWorker``, whose FSDP engine
   can return Phi from its log-prob pass (``engine.PhiCaptureEngine``).
 - ``_compute_old_log_prob``: asks for Phi in that pass only (``PHI_FLAG``); the worker writes it
   to the TransferQueue under ``PHI_KEY`` beside ``log_probs``.
-- ``_compute_advantage``: reads the verifier scores and Phi, shapes the rewards group by group
-  (``adapter.shape_outcome_scores``, grouped by ``uid`` over the final output of each session, as
-  verl's GRPO groups them; verl's synthetic padding samples are left out), lets verl's own GRPO
-  estimator compute the advantages from the shaped scores, and
-  puts the verifier scores back so verl's score metrics stay the verifier's.
 
-The ``g2rl:`` block of the config gives lam, variant, normalize and clip (``overrides.py``).
+Its rewards are ``adapter.shape_outcome_scores`` (eq. 9-13); the ``g2rl:`` block of the config
+gives lam, variant, normalize and clip (``overrides.py``).
+
+``EvolTrainer`` decodes the responses with verl's tokenizer and rewards them with
+``adapter.evol_outcome_scores`` (EVOL-RL, ``maths.methods.evol_rewards``), embedding them with the
+sentence encoder of ``evol.encoder`` (the profile's ``encoder``), loaded by
+``models.sentence_encoder`` in the process that runs the trainer (verl's TaskRunner). verl 0.9.1's
+reward managers cannot hold it: its agent loop scores each session alone
+(``AgentLoopWorker._compute_score`` -> ``RewardLoopWorker.compute_score``), and EVOL-RL compares
+the responses of a group.
 """
 
 from __future__ import annotations
@@ -29,9 +39,17 @@ from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 from verl.workers.utils.padding import response_to_nested
 
 from g2rl_core.config import from_mapping
-from g2rl_core.engines.verl.adapter import PHI_FLAG, PHI_KEY, shape_outcome_scores
+from g2rl_core.engines.verl.adapter import (
+    PHI_FLAG,
+    PHI_KEY,
+    decode_responses,
+    evol_outcome_scores,
+    shape_outcome_scores,
+)
 from g2rl_core.engines.verl.engine import G2RLActorRolloutRefWorker
+from g2rl_core.maths.methods import Encoder
 from g2rl_core.maths.shaping import ShapingConfig
+from g2rl_core.models import sentence_encoder
 
 VERIFIER_SCORES_KEY = "rm_scores"
 ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
@@ -53,8 +71,56 @@ def shaping_config(config) -> ShapingConfig:
     return from_mapping(ShapingConfig, OmegaConf.to_container(block, resolve=True), where="g2rl")
 
 
+def evol_encoder(config) -> str:
+    """The sentence encoder named by the ``evol:`` block of a verl config (``evol.encoder``)."""
+    name = OmegaConf.select(config, "evol.encoder")
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"evol.encoder = {name!r}: trainer.v1.trainer_mode=evol needs a sentence encoder's name or path; "
+            "see g2rl_core/engines/verl/overrides.py"
+        )
+    return name
+
+
+class RescoringTrainer(PPOTrainerSync):
+    """verl's sync V1 trainer whose GRPO advantages come from rewards recomputed by ``rescore``."""
+
+    #: TransferQueue fields ``rescore`` reads besides uid, response_mask and rm_scores.
+    rescore_fields: tuple[str, ...] = ()
+
+    def rescore(self, fields: TensorDict, keys: list[str], tags: list[dict]):
+        """New ``rm_scores`` (nested, like verl's) for the step's fields, and metrics."""
+        raise NotImplementedError
+
+    def _compute_advantage(self, batch, metrics):
+        fields = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["uid", "response_mask", VERIFIER_SCORES_KEY, *self.rescore_fields],
+        )
+        verifier_scores = fields[VERIFIER_SCORES_KEY]
+        rescored, stats = self.rescore(fields, batch.keys, batch.tags)
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({VERIFIER_SCORES_KEY: rescored}, batch_size=len(batch)),
+        )
+        try:
+            batch = super()._compute_advantage(batch, metrics)
+        finally:
+            tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=TensorDict({VERIFIER_SCORES_KEY: verifier_scores}, batch_size=len(batch)),
+            )
+        metrics.update(stats)
+        return batch
+
+
 @register_trainer("g2rl")
-class G2RLTrainer(PPOTrainerSync):
+class G2RLTrainer(RescoringTrainer):
+    rescore_fields = (PHI_KEY,)
+
     def __init__(self, config):
         self.shaping = shaping_config(config)
         super().__init__(config)
@@ -74,29 +140,20 @@ class G2RLTrainer(PPOTrainerSync):
         out.extra_info.pop(PHI_FLAG, None)
         return out
 
-    def _compute_advantage(self, batch, metrics):
-        fields = tq.kv_batch_get(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            select_fields=["uid", "response_mask", VERIFIER_SCORES_KEY, PHI_KEY],
-        )
-        verifier_scores = fields[VERIFIER_SCORES_KEY]
-        shaped, stats = shape_batch(fields, batch.keys, batch.tags, self.shaping)
-        tq.kv_batch_put(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            fields=TensorDict({VERIFIER_SCORES_KEY: shaped}, batch_size=len(batch)),
-        )
-        try:
-            batch = super()._compute_advantage(batch, metrics)
-        finally:
-            tq.kv_batch_put(
-                keys=batch.keys,
-                partition_id=batch.partition_id,
-                fields=TensorDict({VERIFIER_SCORES_KEY: verifier_scores}, batch_size=len(batch)),
-            )
-        metrics.update(stats)
-        return batch
+    def rescore(self, fields, keys, tags):
+        return shape_batch(fields, keys, tags, self.shaping)
+
+
+@register_trainer("evol")
+class EvolTrainer(RescoringTrainer):
+    rescore_fields = ("responses",)
+
+    def __init__(self, config):
+        self.encode = sentence_encoder(evol_encoder(config))
+        super().__init__(config)
+
+    def rescore(self, fields, keys, tags):
+        return evol_batch(fields, keys, tags, self.tokenizer, self.encode)
 
 
 def final_outputs(keys: list[str]) -> np.ndarray:
@@ -117,20 +174,49 @@ def final_outputs(keys: list[str]) -> np.ndarray:
     return final
 
 
-def shape_batch(fields: TensorDict, keys: list[str], tags: list[dict], cfg: ShapingConfig):
-    """Shaped ``rm_scores`` (nested, like verl's) for the TransferQueue fields of one step, and metrics.
+def rescore_final_outputs(fields: TensorDict, keys: list[str], tags: list[dict], rescore):
+    """``rm_scores`` (nested, like verl's) with the rows of the real, final outputs replaced, and metrics.
 
-    Groups are the final outputs of each session sharing a uid. verl's synthetic padding samples
-    (tag ``is_padding``) copy a real sample's uid; they keep their zero score and stay out of
-    every group, as do non-final outputs of multi-output sessions.
+    ``rescore(padded, rows, uid)`` gets the step's fields padded, the rows it replaces and their
+    uids, and returns their new token scores [len(rows), R] and metrics. Groups are the final
+    outputs of each session sharing a uid. verl's synthetic padding samples (tag ``is_padding``;
+    0.9.1 builds them from a real sample's fields under a uid of their own) keep their zero score
+    and stay out of every group by their tag, as do non-final outputs of multi-output sessions.
     """
     padded = fields.to_padded_tensor()
     uid = np.array(padded.pop("uid").tolist(), dtype=object)
-    scores = padded[VERIFIER_SCORES_KEY].float()
     real = np.array([not tag.get("is_padding", False) for tag in tags], dtype=bool)
-    idx = np.nonzero(real & final_outputs(keys))[0]
-    shaped = scores.clone()
-    shaped[idx], stats = shape_outcome_scores(
-        scores[idx], padded["response_mask"][idx], padded[PHI_KEY][idx], uid[idx], cfg
+    rows = np.nonzero(real & final_outputs(keys))[0]
+    scores = padded[VERIFIER_SCORES_KEY].float().clone()
+    scores[rows], stats = rescore(padded, rows, uid[rows])
+    return response_to_nested(scores, fields["response_mask"]), stats
+
+
+def shape_batch(fields: TensorDict, keys: list[str], tags: list[dict], cfg: ShapingConfig):
+    """G2RL's shaped ``rm_scores`` for the TransferQueue fields of one step (``rescore_final_outputs``)."""
+    return rescore_final_outputs(
+        fields,
+        keys,
+        tags,
+        lambda padded, rows, uid: shape_outcome_scores(
+            padded[VERIFIER_SCORES_KEY][rows].float(), padded["response_mask"][rows], padded[PHI_KEY][rows], uid, cfg
+        ),
     )
-    return response_to_nested(shaped, fields["response_mask"]), stats
+
+
+def evol_batch(fields: TensorDict, keys: list[str], tags: list[dict], tokenizer, encode: Encoder):
+    """EVOL-RL's ``rm_scores`` for the TransferQueue fields of one step (``rescore_final_outputs``);
+    the responses are decoded from their unpadded token ids (``adapter.decode_responses``)."""
+    texts = decode_responses(tokenizer, fields["responses"].unbind())
+    return rescore_final_outputs(
+        fields,
+        keys,
+        tags,
+        lambda padded, rows, uid: evol_outcome_scores(
+            padded[VERIFIER_SCORES_KEY][rows].float(),
+            padded["response_mask"][rows],
+            [texts[i] for i in rows],
+            uid,
+            encode,
+        ),
+    )
