@@ -51,17 +51,6 @@ from g2rl_core.maths.shaping import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def evol_on_verl(monkeypatch):
-    """The registry entry the verl engine runs EVOL-RL from: ``Method("evol", ..., verl="evol")``.
-
-    ``maths/methods.py`` still registers evol with ``verl=None`` (the file is a dependency of
-    every pipeline stage, so the one-field change waits; docs/engines.md). Once it says "evol",
-    this fixture changes nothing.
-    """
-    monkeypatch.setitem(METHODS, "evol", dataclasses.replace(METHODS["evol"], verl="evol"))
-
-
 TEMPERATURE = 0.7
 
 
@@ -566,7 +555,7 @@ def test_every_setting_reaches_verl_or_says_why_not():
 
 
 @pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
-def test_every_verl_method_composes(method, evol_on_verl):
+def test_every_verl_method_composes(method):
     from hydra import compose, initialize_config_dir
 
     run = load_profile("paper-1_7b", REPO / "params.yaml").train_config(method, 3)
@@ -955,7 +944,7 @@ def test_shaping_metrics_are_the_native_group_geometry():
 
 @pytest.mark.parametrize("profile", ["paper-1_7b", "paper-4b"])
 @pytest.mark.parametrize("method", ["grpo", "entropy", "g2rl", "evol"])
-def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp_path, evol_on_verl):
+def test_the_run_config_composes_for_every_method_and_model(profile, method, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from g2rl_core.engines.verl.run import VerlSettings, run_overrides
@@ -1061,7 +1050,7 @@ def test_latest_checkpoint_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["g2rl", "evol"])
-def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path, method, evol_on_verl):
+def test_train_with_verl_runs_prepare_train_merge_convert_in_order(tmp_path, method):
     """The stage's flow with the two verl commands recorded (no GPU): data first, verl's trainer with the
     run's overrides and the trainer plugin, then the merger on the newest checkpoint, then log.jsonl."""
     import json

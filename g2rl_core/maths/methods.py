@@ -139,7 +139,7 @@ class Method:
     needs_phi: bool = False  # reads Phi (engines compute it in the old-policy pass)
     needs_encoder: bool = False  # reads sentence embeddings of the responses (and their texts)
     uses_entropy_bonus: bool = False  # the loss subtracts entropy_coeff * entropy (eq. 4 plus the bonus)
-    verl: str | None = None  # how the verl engine runs it: "grpo" (verl's own GRPO), "g2rl" (G2RLTrainer), None: not
+    verl: str | None = None  # verl mode: "grpo" (its GRPO), "g2rl"/"evol" (G2RLTrainer/EvolTrainer), None: refused
 
 
 def _grpo(batch: GroupBatch, cfg, encode=None) -> Tensor:
@@ -187,5 +187,5 @@ def register(method: Method) -> Method:
 
 register(Method("grpo", "GRPO", "#1f77b4", _grpo, verl="grpo"))
 register(Method("entropy", "Entropy Bonus", "#ff7f0e", _grpo, uses_entropy_bonus=True, verl="grpo"))
-register(Method("evol", "EVOL-RL", "#2ca02c", _evol, needs_groups=True, needs_encoder=True))
+register(Method("evol", "EVOL-RL", "#2ca02c", _evol, needs_groups=True, needs_encoder=True, verl="evol"))
 register(Method("g2rl", "G2RL", "#d62728", _g2rl, needs_groups=True, needs_phi=True, verl="g2rl"))
