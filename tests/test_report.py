@@ -89,3 +89,54 @@ def test_cli_threads_come_from_the_profile_and_are_recorded(tiny_base, tmp_path,
     assert "done in" in capsys.readouterr().err
     assert cli.main(["--params", str(params), "--threads", "0", "prepare-data", "--format", "verl"]) == 2
     assert "threads = 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_hierarchical_bootstrap_by_hand():
+    import numpy as np
+
+    from g2rl_core.pipeline.report import hierarchical_bootstrap
+
+    # 2 seeds that disagree completely, 2 identical problems: estimate 0.5; a resample takes seed 0
+    # twice (statistic 0), seed 1 twice (1) or one of each (0.5), with chances 1/4, 1/4, 1/2, so the
+    # 2.5% and 97.5% quantiles are 0 and 1.
+    est, low, high = hierarchical_bootstrap([(1.0, np.array([[0.0, 0.0], [1.0, 1.0]]))])
+    assert (est, low, high) == (0.5, 0.0, 1.0)
+    # one seed, equal problems: nothing varies
+    assert hierarchical_bootstrap([(1.0, np.full((1, 5), 0.3))]) == pytest.approx((0.3, 0.3, 0.3))
+    with pytest.raises(ValueError, match="same, non-empty problem columns"):
+        hierarchical_bootstrap([(1.0, np.zeros((2, 3))), (-1.0, np.zeros((2, 4)))])
+
+
+def test_seed_to_seed_variation_widens_the_paired_interval():
+    """A method whose seeds disagree (90%, 50%, 40% of samples right, mean 60%) against a baseline at 50%
+    on every seed: over problems alone the 10-point gap looks certain; with the seeds resampled too, a
+    resample of the 40% seed alone is 10 points below the baseline, so the interval contains 0."""
+    import numpy as np
+    import pandas as pd
+
+    from g2rl_core.pipeline.report import paired_differences
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, rates in (("grpo", (0.5, 0.5, 0.5)), ("g2rl", (0.9, 0.5, 0.4))):
+        for seed, rate in enumerate(rates):
+            for problem in range(200):
+                correct = rng.random(16) < rate
+                rows += [
+                    {"method": method, "seed": seed, "benchmark": "math500", "problem_id": f"p{problem}",
+                     "sample": i, "correct": bool(c), "extracted": "1"}
+                    for i, c in enumerate(correct)
+                ]  # fmt: skip
+    diffs = paired_differences(pd.DataFrame(rows), ["pass@1"]).set_index("method")
+    row = diffs.loc["G2RL"]
+    assert 7 < row["difference"] < 13 and row["seeds"] == 3 and row["problems"] == 200
+    assert row["ci_low"] < 0 < row["ci_high"] and not row["significant"]
+
+
+def test_ablation_table_refuses_an_unfinished_run(tmp_path):
+    done = _run(tmp_path, "done", 0.4)
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "log.jsonl").write_text(json.dumps({"kind": "val", "step": 0, "val_mean_at_8": 0.1}) + "\n")
+    with pytest.raises(ValueError, match="equation lam=0.5 seed 1 ends at step 0, others at 10"):
+        ablation_table([("equation", 0.5, 0, done), ("equation", 0.5, 1, short)], "val_mean_at_8")

@@ -1,7 +1,8 @@
 """Tables and figures for the notebooks: pipeline outputs in, DataFrames and matplotlib figures out.
 
-Seeds are combined per problem (a problem's metric is averaged over seeds), then the
-confidence interval is a percentile bootstrap over problems. The paper's numbers
+A table's value is the mean over seeds and problems; its confidence interval is a two-level
+percentile bootstrap that resamples the problems and each method's seeds (``hierarchical_bootstrap``),
+so both the choice of problems and the run-to-run variation of training are in it. The paper's numbers
 (../shared/docs/g2rl-paper.md, section 8) sit beside ours.
 """
 
@@ -17,7 +18,6 @@ import pandas as pd
 
 from g2rl_core import paths
 from g2rl_core.config import Profile
-from g2rl_core.evaluation.metrics import bootstrap_ci
 from g2rl_core.evaluation.runner import per_problem_metrics
 from g2rl_core.maths.methods import METHODS
 from g2rl_core.maths.shaping import SHAPING_VARIANTS
@@ -167,38 +167,76 @@ def load_logs(runs_dir: str | Path, methods: Sequence[str], seeds: Sequence[int]
 # --- tables ----------------------------------------------------------------------------------------
 
 
-def seed_averaged_metrics(run_samples: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, int]:
-    """(rows (metric, problem_id, value) averaged over seeds, number of seeds) of one method on one benchmark."""
+def per_seed_metrics(run_samples: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Rows (seed, metric, problem_id, value): each seed's per-problem metrics of one method on one benchmark."""
     ks = sorted({int(m.split("@")[1].split("_")[0]) for m in metrics if "@" in m})
     per_seed = [
         per_problem_metrics(run, ks, seed=int(seed)).assign(seed=seed) for seed, run in run_samples.groupby("seed")
     ]
-    averaged = pd.concat(per_seed).groupby(["metric", "problem_id"])["value"].mean().reset_index()
-    return averaged, len(per_seed)
+    return pd.concat(per_seed, ignore_index=True)
+
+
+def seed_problem_matrix(per_seed: pd.DataFrame, metric: str, problems: Sequence[str]) -> np.ndarray:
+    """[seeds, problems] values of one metric, columns in the order of ``problems``."""
+    table = per_seed[per_seed.metric == metric].pivot(index="seed", columns="problem_id", values="value")
+    return table.loc[:, list(problems)].to_numpy(dtype=float)
+
+
+def hierarchical_bootstrap(
+    terms: Sequence[tuple[float, np.ndarray]], *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(estimate, low, high) of sum_i w_i * mean(V_i), with seeds and problems as sources of variance.
+
+    ``terms`` are (w_i, V_i) with V_i a [seeds_i, problems] matrix of per-problem values, the same
+    problems in the same column order for every term. Each resample draws the problems with
+    replacement once, shared by every term (the comparison is paired over problems), and each term's
+    seeds with replacement, independently (every method's seeds are its own training runs); the
+    interval is the percentile interval of the resampled statistic. With 3 seeds the seed level is
+    resampled from 3 values, so the interval is, if anything, too narrow on that level.
+    """
+    rng = np.random.default_rng(seed)
+    problems = terms[0][1].shape[1]
+    if any(v.shape[1] != problems for _, v in terms) or problems == 0:
+        raise ValueError("hierarchical_bootstrap needs the same, non-empty problem columns in every term")
+    estimate = float(sum(w * v.mean() for w, v in terms))
+    picks = rng.integers(0, problems, size=(n_resamples, problems))
+    stats = np.zeros(n_resamples)
+    for w, v in terms:
+        seeds = rng.integers(0, v.shape[0], size=(n_resamples, v.shape[0]))
+        # mean over the drawn seeds and the drawn problems of each resample
+        stats += w * v[seeds[:, :, None], picks[:, None, :]].mean(axis=(1, 2))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return estimate, float(low), float(high)
 
 
 def paired_differences(
     samples: pd.DataFrame, metrics: Sequence[str], *, baseline: str = "grpo", n_resamples: int = 2000
 ) -> pd.DataFrame:
-    """Each method minus ``baseline`` per benchmark and metric, in points, with a paired bootstrap CI.
+    """Each method minus ``baseline`` per benchmark and metric, in points, with a hierarchical bootstrap CI.
 
-    Per problem, the metric is averaged over each method's seeds (seeds pooled); the difference of
-    the two methods is taken per problem, and the problems are resampled (paired: both methods keep
-    the same problems). ``significant`` is True when the 95% interval excludes 0.
+    The difference of the two methods' means over seeds and problems; the interval resamples the
+    problems (paired: both methods keep the same problems) and each method's seeds
+    (``hierarchical_bootstrap``). ``significant`` is True when the 95% interval excludes 0.
     """
     rows = []
     for benchmark, bench in samples.groupby("benchmark", sort=False):
         if baseline not in set(bench.method):
             continue
-        base, _ = seed_averaged_metrics(bench[bench.method == baseline], metrics)
+        base = per_seed_metrics(bench[bench.method == baseline], metrics)
         for method in [m for m in METHODS if m != baseline and m in set(bench.method)]:
-            other, seeds = seed_averaged_metrics(bench[bench.method == method], metrics)
-            joined = other.merge(base, on=["metric", "problem_id"], suffixes=("", "_base"))
+            other = per_seed_metrics(bench[bench.method == method], metrics)
             for metric in metrics:
-                diff = joined.loc[joined.metric == metric, "value"] - joined.loc[joined.metric == metric, "value_base"]
-                if diff.empty:
+                problems = sorted(
+                    set(other.problem_id[other.metric == metric]) & set(base.problem_id[base.metric == metric])
+                )
+                if not problems:
                     continue
-                mean, low, high = bootstrap_ci(diff.tolist(), n_resamples=n_resamples)
+                terms = [
+                    (1.0, seed_problem_matrix(other, metric, problems)),
+                    (-1.0, seed_problem_matrix(base, metric, problems)),
+                ]
+                mean, low, high = hierarchical_bootstrap(terms, n_resamples=n_resamples)
                 rows.append(
                     {
                         "method": method_label(method),
@@ -209,8 +247,8 @@ def paired_differences(
                         "ci_low": round(100 * low, 1),
                         "ci_high": round(100 * high, 1),
                         "significant": bool(low > 0 or high < 0),
-                        "problems": len(diff),
-                        "seeds": seeds,
+                        "problems": len(problems),
+                        "seeds": other.seed.nunique(),
                     }
                 )
     return pd.DataFrame(rows)
@@ -219,16 +257,18 @@ def paired_differences(
 def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: int = 2000) -> pd.DataFrame:
     """Rows (method, benchmark, metric, value, ci_low, ci_high, seeds, problems) in percent.
 
-    Per seed, per-problem metrics; averaged over seeds per problem; bootstrap over problems.
+    The mean over seeds and problems, with a hierarchical bootstrap interval over both
+    (``hierarchical_bootstrap``).
     """
     rows = []
     for (method, benchmark), group in samples.groupby(["method", "benchmark"], sort=False):
-        per_problem, seeds = seed_averaged_metrics(group, metrics)
+        per_seed = per_seed_metrics(group, metrics)
         for metric in metrics:
-            values = per_problem.loc[per_problem.metric == metric, "value"].tolist()
-            if not values:
+            problems = sorted(set(per_seed.problem_id[per_seed.metric == metric]))
+            if not problems:
                 continue
-            mean, low, high = bootstrap_ci(values, n_resamples=n_resamples)
+            matrix = seed_problem_matrix(per_seed, metric, problems)
+            mean, low, high = hierarchical_bootstrap([(1.0, matrix)], n_resamples=n_resamples)
             rows.append(
                 {
                     "method": method,
@@ -237,8 +277,8 @@ def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: 
                     "value": 100 * mean,
                     "ci_low": 100 * low,
                     "ci_high": 100 * high,
-                    "seeds": seeds,
-                    "problems": len(values),
+                    "seeds": matrix.shape[0],
+                    "problems": len(problems),
                 }
             )
     return pd.DataFrame(rows)
@@ -410,7 +450,7 @@ def significance_summary(folder: Path) -> list[str]:
         diffs = pd.concat(frames, ignore_index=True)
         significant = diffs[diffs.significant]
         parts.append(
-            f"Against GRPO (paired bootstrap over problems, seeds pooled): {len(significant)} of {len(diffs)} "
+            f"Against GRPO (bootstrap over problems, paired, and seeds): {len(significant)} of {len(diffs)} "
             "differences have a 95% interval that excludes 0"
             + (":" if len(significant) else "; every other difference is within noise.")
         )
@@ -501,8 +541,8 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
         f"# Results: `{profile}` profile\n",
         "Generated by `dvc repro` (stage `results_index`) from the notebooks' outputs in "
         f"[`{profile}/`]({profile}/); executed notebooks are in [`{profile}/notebooks/`]({profile}/notebooks/). "
-        "In Tables 1 and 2, brackets are 95% bootstrap confidence intervals over problems (seeds averaged "
-        "per problem); in Figure 3's table they are [min, max] over seeds. The paper's numbers sit beside "
+        "In Tables 1 and 2, brackets are 95% bootstrap confidence intervals that resample problems and "
+        "seeds; in Figure 3's table they are [min, max] over seeds. The paper's numbers sit beside "
         "ours, with the paper's model named in the column. On the tiny profile, synthetic splits play the "
         "benchmarks (see the repository README), so compare the ordering of methods, not the values.\n",
     ]
@@ -582,6 +622,14 @@ def ablation_table(runs: Sequence[tuple[str, float, int, Path]], val_key: str) -
         rows.append({"variant": variant, "lam": lam, "seed": seed, "score": 100 * val[val_key].iloc[-1]})
         curves.append(val.assign(variant=variant, lam=lam, seed=seed))
     per_run = pd.DataFrame(rows).drop_duplicates(["variant", "lam", "seed"])
+    curves = pd.concat(curves, ignore_index=True).drop_duplicates(["variant", "lam", "seed", "step"])
+    last = curves.groupby(["variant", "lam", "seed"])["step"].max()
+    if last.nunique() > 1:  # an unfinished run would be compared at another step
+        (variant, lam, seed), step = last.idxmin(), last.min()
+        raise ValueError(
+            f"ablation run {variant} lam={lam} seed {seed} ends at step {step}, others at {last.max()}: "
+            "finish it (dvc repro) before the ablation is compared"
+        )
     table = []
     for (variant, lam), group in per_run.groupby(["variant", "lam"], sort=True):
         mean, low, high = seed_interval(group["score"].tolist())
@@ -597,7 +645,7 @@ def ablation_table(runs: Sequence[tuple[str, float, int, Path]], val_key: str) -
                 "per seed": ", ".join(f"{v:.1f}" for v in group.sort_values("seed")["score"]),
             }
         )
-    return pd.DataFrame(table), pd.concat(curves, ignore_index=True)
+    return pd.DataFrame(table), curves
 
 
 def ablation_figure(table: pd.DataFrame, curves: pd.DataFrame, val_key: str):
