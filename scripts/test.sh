@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python scripts/check_dvc_status.py  # results come from this code
 .venv/bin/python -m pytest "$@"
 if [ "${G2RL_SKIP_VLLM:-0}" != "1" ]; then
   bash scripts/setup_extra.sh vllm
