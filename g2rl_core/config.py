@@ -459,6 +459,11 @@ class Profile:
         values = deep_merge(self.train, self.methods.get(method) or {}, {"method": method, "seed": seed}, overrides)
         return from_mapping(TrainConfig, values, f"profile {self.name!r}")
 
+    @property
+    def threads(self) -> int | None:
+        """``train.threads``: the one CPU thread count of every command run for this profile (None: unset)."""
+        return self.train.get("threads")
+
     def require(self, section: str):
         value = getattr(self, section)
         if value is None:

@@ -12,9 +12,11 @@ What decides the bits of a CPU run, besides the code, the data and the settings:
   One setting, the profile's ``train.threads``, fixes it for every command (``--threads`` overrides).
 - **the instruction set**: MKL and torch's own vectorized kernels (softmax, exp, reductions) pick
   an AVX2 or an AVX-512 code path at run time, and the two round differently. ``PINNED_CPU_ENV``
-  pins every machine to the AVX2 paths (any x86-64 CPU of the last ten years has them);
-  ``scripts/repro.sh`` sets it before torch loads. Variables read at load time cannot be set from
-  inside a process that has already imported torch, hence the script.
+  pins every machine to the AVX2 paths (any x86-64 CPU of the last ten years has them).
+  ``pin_cpu_paths`` sets it at the start of every ``g2rl`` command, analysis module and notebook
+  (``pipeline.notebook.context``), so plain ``dvc repro`` and ``dvc exp run`` pin too: torch reads
+  ``ATEN_CPU_CAPABILITY`` and MKL its variables at their first kernel, not at import (checked: the
+  same bits whether they are set before ``import torch`` or after it, before any tensor work).
 - **library versions**: ``requirements/lock.txt``, installed by ``scripts/setup.sh``.
 
 What stays machine-dependent: a CPU without AVX2, another BLAS (an ARM build has no MKL), or GPU
@@ -41,6 +43,32 @@ PINNED_CPU_ENV = {
 }
 VERSIONED = ("torch", "transformers", "tokenizers", "math-verify", "sympy", "numpy", "safetensors", "vllm", "trl")
 RUN_INFO = "run_info.json"
+
+
+def can_pin() -> bool:
+    """Whether this CPU takes ``PINNED_CPU_ENV``: x86-64 with AVX2 and FMA (without them torch would die
+    of an illegal instruction; ARM builds have no MKL)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return "avx2" in flags and "fma" in flags
+
+
+def pin_cpu_paths() -> bool:
+    """Set every ``PINNED_CPU_ENV`` variable the environment leaves unset, on a CPU that can take them.
+
+    Call it before any tensor work. Returns whether the paths are pinned; ``run_info.json`` records the
+    values in force either way.
+    """
+    if not can_pin():
+        return False
+    for key, value in PINNED_CPU_ENV.items():
+        os.environ.setdefault(key, value)
+    return True
 
 
 def cpu_model() -> str:
@@ -97,18 +125,13 @@ def machine_info() -> dict:
     }
 
 
-def write_run_info(out: str | Path, command: str, seconds: float) -> Path:
-    """``<out>/run_info.json``: the machine, the command line and its wall time (seconds)."""
-    path = Path(out) / RUN_INFO
+def write_run_info(out: str | Path, command: str, seconds: float) -> dict:
+    """Write ``<out>/run_info.json`` (the machine, the command line and its wall time) and return its record."""
     record = {"command": command, "argv": sys.argv[1:], "wall_seconds": round(seconds, 1), **machine_info()}
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    (Path(out) / RUN_INFO).write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def format_seconds(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-if __name__ == "__main__":  # `eval "$(python -m g2rl_core.provenance)"`: scripts/repro.sh pins the CPU paths
-    print("\n".join(f"export {key}={value}" for key, value in PINNED_CPU_ENV.items()))

@@ -16,7 +16,7 @@ LAYERS = [
     ("config", ["g2rl_core.config", "g2rl_core.paths"]),
     ("data and models", ["g2rl_core.tracking", "g2rl_core.evaluation.verifier", "g2rl_core.evaluation.verify_helper",
                          "g2rl_core.evaluation.metrics", "g2rl_core.evaluation.benchmarks", "g2rl_core.models",
-                         "g2rl_core.rollout", "g2rl_core.prompt_order"]),
+                         "g2rl_core.rollout", "g2rl_core.prompt_order", "g2rl_core.plan"]),
     ("evaluation and analysis", ["g2rl_core.evaluation.runner", "g2rl_core.analysis"]),
     ("engines", ["g2rl_core.engines"]),
     ("pipeline", ["g2rl_core.pipeline", "g2rl_core"]),

@@ -73,7 +73,11 @@ def test_results_index_names_the_machine_and_where_the_time_went(tmp_path, monke
     ]
     (tmp_path / "results" / "tiny").mkdir(parents=True)
     text = write_results_index(tmp_path / "results", "tiny").read_text()
-    assert f"3 stages on {machine['cpu']}" in text and "pinned by scripts/repro.sh" in text
+    assert f"3 stages on {machine['cpu']}" in text
+    intel = "intel" in machine["cpu"].lower()
+    assert ("pinned to AVX2: torch kernels and MKL's AVX2 branch" in text) == intel
+    assert ("MKL keeps its own branch on this non-Intel CPU" in text) == (not intel)
+    assert "NOT pinned" not in text
     assert "| train | 2 | 7m00s | 3m30s |" in text and "| eval | 1 | 1m05s | 1m05s |" in text
     assert "| all | 3 | 8m05s | |" in text
 

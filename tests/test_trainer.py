@@ -244,3 +244,28 @@ def test_old_pickle_checkpoint_is_refused_without_running_it(tiny_base, tmp_path
     with pytest.raises(CheckpointError, match="checkpoint.pt is a checkpoint in the old one-pickle format"):
         Trainer(cfg, tmp_path).train()
     assert not (tmp_path / "marker").exists()
+
+
+def test_cli_threads_reach_the_trainer_config(tmp_path, monkeypatch):
+    """`g2rl train --threads N` is the run's thread count: the engine must not reset it to the profile's."""
+    from g2rl_core.engines import native
+    from g2rl_core.pipeline.cli import main
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, cfg, out):
+            seen.append(cfg.threads)
+
+        @staticmethod
+        def discard_stale_checkpoint(cfg, out):
+            return False
+
+        def train(self):
+            return tmp_path
+
+    monkeypatch.setattr(native, "Trainer", Recorder)
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    argv = ["train", "--params", str(params), "--profile", "tiny", "--method", "grpo", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0 and main([*argv, "--threads", "1"]) == 0
+    assert seen == [load_profile("tiny", params).threads, 1]

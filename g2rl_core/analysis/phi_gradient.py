@@ -49,7 +49,7 @@ from torch import Tensor
 from g2rl_core.errors import ConfigError, DataFileNotFoundError, G2RLError
 from g2rl_core.maths.features import causal_lm_sequence_features, lm_head_parameters, normalized_token_weights
 from g2rl_core.maths.shaping import exploration_scores
-from g2rl_core.provenance import set_threads, write_run_info
+from g2rl_core.provenance import pin_cpu_paths, set_threads, write_run_info
 
 #: Block name of the LM head's use of W (d l / d W in z = W h + b), separate from W's input-embedding use.
 HEAD_BLOCK = "<lm_head use>"
@@ -616,7 +616,7 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
                     f"--seed {seed} --out {run.parent}` or leave it out with --methods/--seeds"
                 )
             policies.append((method, seed, str(run)))
-    set_threads(args.threads if args.threads is not None else profile.train.get("threads"))
+    set_threads(args.threads if args.threads is not None else profile.threads)
     cfg0 = profile.train_config((methods or ["grpo"])[0], seeds[0])
     pool = load_problems(spec["source"], spec["kind"], cfg0.data_dir)
     problems = [pool[i] for i in sorted(random.Random(0).sample(range(len(pool)), min(spec["problems"], len(pool))))]
@@ -668,6 +668,7 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pin_cpu_paths()  # before any tensor work
     parser = argparse.ArgumentParser(
         prog="python -m g2rl_core.analysis.phi_gradient",
         description="Phi versus exact per-response gradients (issue 15): pairs.csv, responses.csv, summary.csv",

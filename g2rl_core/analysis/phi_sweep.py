@@ -40,7 +40,7 @@ from g2rl_core.analysis.phi_gradient import cluster_bootstrap, mean_statistic
 from g2rl_core.errors import ConfigError, G2RLError
 from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.maths.shaping import pairwise_cosine
-from g2rl_core.provenance import set_threads, write_run_info
+from g2rl_core.provenance import pin_cpu_paths, set_threads, write_run_info
 
 
 @dataclass(frozen=True)
@@ -266,8 +266,7 @@ def run_sweep(args: argparse.Namespace) -> pd.DataFrame:
 
     if args.groups < 1 or args.samples < 2:
         raise ConfigError(f"--groups = {args.groups} must be >= 1 and --samples = {args.samples} >= 2")
-    threads = args.threads if args.threads is not None else load_profile(args.profile, args.params).train.get("threads")
-    set_threads(threads)
+    set_threads(args.threads if args.threads is not None else load_profile(args.profile, args.params).threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -309,6 +308,7 @@ def run_sweep(args: argparse.Namespace) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pin_cpu_paths()  # before any tensor work
     parser = argparse.ArgumentParser(prog="python -m g2rl_core.analysis.phi_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--params", default="params.yaml", help="its profile's train.threads: --threads")

@@ -61,6 +61,7 @@ from g2rl_core.maths.losses import ppo_clip_loss
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, resolve_device, sentence_encoder
+from g2rl_core.plan import require_fit
 from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
 from g2rl_core.runlock import run_lock
@@ -147,6 +148,8 @@ class Trainer:
                 f"problems in {cfg.train_data}"
             )
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":  # a run that cannot fit says what it needs before anything loads
+            require_fit(cfg, torch.cuda.get_device_properties(self.device).total_memory)
         self.model, self.tokenizer = load_policy(cfg.model, device=self.device, precision=cfg.precision)
         # the reference: same precision, same device, never trained, never checkpointed
         self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None

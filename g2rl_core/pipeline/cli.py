@@ -6,6 +6,7 @@
     g2rl geometry --profile tiny --runs runs/tiny --out artifacts/tiny/geometry
     g2rl report   --profile tiny
     g2rl prepare-data --profile paper-1_7b --format verl --out build/paper-1_7b/verl
+    g2rl plan     --profile paper-1_7b [--device-memory-gib 80]
 
 Settings come from the profile in params.yaml (``--params`` and ``--profile`` choose it);
 ``--set field=value`` (``section.field=value`` for nested sections) overrides any of them:
@@ -40,7 +41,7 @@ from g2rl_core.config import (
     parse_overrides,
 )
 from g2rl_core.errors import ConfigError, G2RLError
-from g2rl_core.provenance import format_seconds, machine_info, set_threads, write_run_info
+from g2rl_core.provenance import format_seconds, machine_info, pin_cpu_paths, set_threads, write_run_info
 from g2rl_core.runlock import run_lock
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -97,12 +98,6 @@ def runtime_overrides(profile, pairs: list[str]) -> tuple[str | None, RolloutCon
     return data_dir, from_mapping(RolloutConfig, rollout, f"profile {profile.name!r} train.rollout")
 
 
-def profile_threads(args) -> int | None:
-    """The profile's ``train.threads``: one thread count for every command of a profile (None: unset)."""
-    profile = load_profile(args.profile, args.params)
-    return profile.train.get("threads")
-
-
 # --- commands --------------------------------------------------------------------------------------
 
 
@@ -146,7 +141,10 @@ def cmd_smoke_base(args) -> Path:
 
 def cmd_train(args) -> Path:
     profile = load_profile(args.profile, args.params)
-    cfg = profile.train_config(args.method, args.seed, **parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.threads is not None:  # the engines set cfg.threads themselves
+        overrides["threads"] = args.threads
+    cfg = profile.train_config(args.method, args.seed, **overrides)
     engine = args.engine or profile.engine
     out = writable_dir(args.out)
     if engine == "verl":
@@ -305,6 +303,38 @@ def cmd_prepare_data(args) -> Path:
     return out
 
 
+def cmd_plan(args) -> None:
+    """The memory plan of one run per device and the total work of the profile's runs (g2rl_core.plan)."""
+    from g2rl_core.config import load_params
+    from g2rl_core.plan import GIB, format_plan, memory_plan, model_shape, work_plan
+
+    params = load_params(args.params)
+    profile = load_profile(args.profile, args.params)
+    methods = [args.method] if args.method else params.get("methods") or method_names()
+    configs = {m: profile.train_config(m, 0, **parse_overrides(args.set)) for m in methods}
+    if args.device_memory_gib is not None:
+        device_bytes = args.device_memory_gib * GIB
+    else:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        device_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else None
+    shape = model_shape(configs[methods[0]].model)
+    plans = {
+        m: memory_plan(c, shape, prompt_tokens=args.prompt_tokens, device_bytes=device_bytes)
+        for m, c in configs.items()
+    }
+    largest = max(plans, key=lambda m: plans[m]["peak"])
+    seeds, points = params.get("seeds") or [0], params.get("ablation") or []
+    work = work_plan(configs[largest], runs=len(methods) * len(seeds))
+    print(format_plan(f"{profile.name}, method {largest} (the largest of {', '.join(methods)})", plans[largest], work))
+    if points and not args.method:
+        extra = len(points) * len(seeds)
+        print(f"      + the shaping ablation: {len(points)} points x {len(seeds)} seeds = {extra} runs more")
+    if device_bytes is None:
+        print("device memory unknown (no GPU here): pass --device-memory-gib to check the fit")
+
+
 def cmd_report(args) -> None:
     from g2rl_core.pipeline.report import write_results_index
 
@@ -409,16 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: build/<profile>/<format>")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="e.g. data_dir=../shared/data")
 
+    p = command("plan", cmd_plan, "memory plan of one run per device, and the profile's total work")
+    p.add_argument(
+        "--method", default=None, choices=method_names(), help="default: the largest of params.yaml's methods"
+    )
+    p.add_argument("--device-memory-gib", type=float, default=None, help="default: the first GPU's, if any")
+    p.add_argument("--prompt-tokens", type=int, default=1024, help="prompt tokens assumed per response")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override training settings")
+
     p = command("report", cmd_report, "write results/README.md from the notebooks' tables and figures")
     p.add_argument("--results", default="results")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    pinned = pin_cpu_paths()  # before any tensor work (g2rl_core.provenance)
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        set_threads(args.threads if args.threads is not None else profile_threads(args))
+        set_threads(args.threads if args.threads is not None else load_profile(args.profile, args.params).threads)
         out = args.func(args)
     except (G2RLError, OSError) as err:
         if args.debug:
@@ -430,11 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds = time.perf_counter() - start
     if isinstance(out, Path) and out.is_dir():  # the stage's record: machine, command, wall time
-        write_run_info(out, args.command, seconds)
-    info = machine_info()
+        info = write_run_info(out, args.command, seconds)
+    else:
+        info = machine_info()
     print(
         f"g2rl {args.command}: done in {format_seconds(seconds)} on {info['cpu']} "
-        f"({info['threads']} threads, {info['cpu_capability']})",
+        f"({info['threads']} threads, {info['cpu_capability']}{'' if pinned else ', CPU paths not pinned'})",
         file=sys.stderr,
     )
     return 0

@@ -18,6 +18,7 @@ from g2rl_core import paths
 from g2rl_core.config import Profile, load_params, load_profile
 from g2rl_core.errors import ConfigError
 from g2rl_core.pipeline import report
+from g2rl_core.provenance import pin_cpu_paths
 
 
 def repository_root(start: str | Path | None = None) -> Path:
@@ -69,6 +70,7 @@ def context(
 
     Every folder defaults to the pipeline's (``g2rl_core.paths``); pass one to read another run.
     """
+    pin_cpu_paths()  # the notebooks that sample (quickstart) run on the pipeline's CPU paths
     root = repository_root(root)
     os.chdir(root)
     params = load_params(params_path)

@@ -514,10 +514,16 @@ def provenance_section(records: Sequence[dict]) -> list[str]:
     for machine, group in frame.groupby(keys, sort=False, dropna=False):
         cpu, cores, capability, threads, blas = machine
         pinned = all(r == PINNED_CPU_ENV for r in group["pinned_env"])
+        if not pinned:
+            paths = "NOT pinned: other machines may round differently"
+        elif "intel" in str(cpu).lower():
+            paths = "pinned to AVX2: torch kernels and MKL's AVX2 branch"
+        else:  # MKL honours MKL_CBWR's named branches on Intel CPUs only
+            paths = "torch kernels pinned to AVX2; MKL keeps its own branch on this non-Intel CPU"
         torch_versions = sorted({v.get("torch", "?") for v in group["versions"]})
         parts.append(
             f"- {len(group)} stages on {cpu}, {cores} usable cores, {threads} torch threads, {capability} kernels "
-            f"({'pinned by scripts/repro.sh' if pinned else 'NOT pinned: other machines may round differently'}), "
+            f"({paths}), "
             f"{blas}, torch {', '.join(torch_versions)}"
         )
     times = frame.groupby("command")["wall_seconds"].agg(["count", "sum", "median"]).sort_values("sum", ascending=False)
