@@ -107,6 +107,7 @@ def _slow_expression(n=250):
 
 def test_time_bound_in_main_thread():
     expr = _slow_expression()
+    assert verify("\\boxed{1}", "1").reward == 1.0  # the fork server's one-time start-up is not timed
     start = time.perf_counter()
     verdict = verify(f"\\boxed{{{expr}}}", expr, timeout_s=0.002)
     assert time.perf_counter() - start < 1.0

@@ -366,14 +366,12 @@ class _Pool:
             return self.server
 
     def start(self) -> float:
-        """Start the fork server if it is not running; the seconds that took (0.0 when it runs).
+        """Start the fork server if it is not running; the seconds this took (microseconds when it runs).
 
         The start-up (imports and warm-up, 2-4 s) is done in the caller's thread, so that a
-        failure raises VerifierUnavailable there; callers leave it out of their bound.
+        failure raises VerifierUnavailable there; callers leave it out of their bound. With a
+        running fork server, a failure the keeper met before is forgotten: it may fork again.
         """
-        with self.server_lock:
-            if self.server is not None and self.server.usable():
-                return 0.0
         began = time.monotonic()
         self._server()
         with self.cond:
