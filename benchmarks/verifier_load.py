@@ -14,10 +14,9 @@ twice: in --threads threads of one process (default 8), then in --processes work
 
 Printed per mode: throughput (calls / wall time, after the helpers are warm), the slowest call
 and its case, calls whose wall time went over their bound + 1 s, wrong verdicts, and exceptions.
-Targets: 0 wrong verdicts, 0 exceptions, no call over its bound + 1 s. The bound is on a check's
-CPU time (see verifier.py), so on a machine with fewer free cores than threads a call can take
-longer in wall time than its bound, up to the wall cap (WALL_CAP_FACTOR x bound); the script
-counts both and exits 1 on a wrong verdict, an exception or a call over the wall cap + 1 s.
+Targets: 0 wrong verdicts, 0 exceptions, no call above its bound + 1 s of wall time (the bound is
+on the wall-clock time of the whole call, see verifier.py). The script exits 1 if a target is
+missed in either mode.
 
     python benchmarks/verifier_load.py
     python benchmarks/verifier_load.py --calls 400 --threads 4 --processes 2
@@ -35,9 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from g2rl_core.evaluation.verifier import DEFAULT_TIMEOUT_S, WALL_CAP_FACTOR, verify, warm_up
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # measure this checkout's verifier, not an installed copy of another
+
+from g2rl_core.evaluation.verifier import DEFAULT_TIMEOUT_S, verify, warm_up  # noqa: E402
+
 MATH_FILES = ["math500.jsonl", "aime24.jsonl", "aime25.jsonl", "amc23.jsonl", "math_train.jsonl"]
 CHOICE_FILES = ["gpqa_diamond.jsonl", "mmlu_pro.jsonl"]
 
@@ -146,7 +147,6 @@ def report(mode: str, cases: list[Case], results: list, wall: float) -> bool:
     wrong = [(c.name, r[2]) for c, r in zip(cases, results) if r[3] is None and r[2] != c.expected]
     errors = [(c.name, r[3]) for c, r in zip(cases, results) if r[3] is not None]
     over = [(c.name, r[1], c.timeout_s) for c, r in zip(cases, results) if r[1] > c.timeout_s + 1.0]
-    over_cap = [o for o in over if o[1] > o[2] * WALL_CAP_FACTOR + 1.0]
     slowest = max(range(len(cases)), key=lambda i: results[i][1])
     at_bound = sum(r[1] >= c.timeout_s for c, r in zip(cases, results))
     print(f"{mode}: {len(cases)} calls in {wall:.1f} s = {len(cases) / wall:.1f} calls/s")
@@ -154,18 +154,24 @@ def report(mode: str, cases: list[Case], results: list, wall: float) -> bool:
         f"  slowest call {results[slowest][1]:.2f} s ({cases[slowest].name!r}, bound {cases[slowest].timeout_s} s); "
         f"{at_bound} calls reached their bound"
     )
+    worst = max(range(len(cases)), key=lambda i: results[i][1] - cases[i].timeout_s)
     print(
-        f"  calls over bound + 1 s (wall clock): {len(over)}, over the wall cap ({WALL_CAP_FACTOR:g} x bound) + 1 s: "
-        f"{len(over_cap)}; wrong verdicts: {len(wrong)}; exceptions: {len(errors)}"
+        f"  most over its bound: {results[worst][1] - cases[worst].timeout_s:+.3f} s "
+        f"({cases[worst].name!r}, {results[worst][1]:.2f} s against {cases[worst].timeout_s} s)"
+    )
+    print(
+        f"  calls above their bound + 1 s of wall time: {len(over)}; wrong verdicts: {len(wrong)}; "
+        f"exceptions: {len(errors)}"
+    )
+    print(
+        "  target: 0 wrong verdicts, 0 exceptions, no call above its bound + 1 s of wall time: "
+        + ("met" if not (wrong or errors or over) else "MISSED")
     )
     for name, detail in (wrong + errors)[:10]:
         print(f"    {name}: {detail}")
-    for name, seconds, bound in over_cap[:10]:
-        print(f"    over the wall cap: {name}: {seconds:.2f} s (bound {bound} s)")
-    slow_kinds = sorted({name for name, _, _ in over})
-    if slow_kinds:
-        print(f"    over bound + 1 s (wall clock), by case: {', '.join(slow_kinds)}")
-    return not (wrong or errors or over_cap)
+    for name, seconds, bound in sorted(over, key=lambda o: o[2] - o[1])[:10]:
+        print(f"    above bound + 1 s: {name}: {seconds:.2f} s (bound {bound} s)")
+    return not (wrong or errors or over)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,7 @@ def _slow_expression(n=250):
 
 def test_time_bound_in_main_thread():
     expr = _slow_expression()
+    assert verify("\\boxed{1}", "1").reward == 1.0  # the fork server's one-time start-up is not timed
     start = time.perf_counter()
     verdict = verify(f"\\boxed{{{expr}}}", expr, timeout_s=0.002)
     assert time.perf_counter() - start < 1.0
@@ -330,3 +331,57 @@ def test_no_helper_at_all_is_one_clear_error(monkeypatch, tmp_path):
         assert verify("\\boxed{B}", "B", "choice").reward == 1.0  # choice needs no helper
     finally:
         verifier.shutdown()
+
+
+# --- issue 16: timeout_s bounds the whole call in wall-clock time ----------------------------------
+
+RUNAWAY = "\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}"  # math-verify runs on this far past 8 s
+
+
+def _timed_verify(response: str, gold: str, timeout_s: float) -> tuple[float, float]:
+    start = time.monotonic()
+    reward = verify(response, gold, timeout_s=timeout_s).reward
+    return reward, time.monotonic() - start
+
+
+def test_wall_bound_holds_with_more_slow_checks_than_cores():
+    """More concurrent runaway checks than cores (6 at least): every call returns within its bound
+    + 1 s of wall time and scores -1, and an ordinary correct answer verified among them scores +1
+    within its bound. (Under the former CPU-time bound each runaway helper got a fraction of a core
+    and its call lasted up to 4 times its bound.)"""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    runaways = min(24, max(6, 3 * cores))
+    assert verify("\\boxed{1}", "1").reward == 1.0  # the fork server's one-time start-up is not timed
+    with ThreadPoolExecutor(runaways + 1) as pool:
+        slow = [pool.submit(_timed_verify, RUNAWAY, "1", 1.0) for _ in range(runaways)]
+        time.sleep(0.3)  # they are running
+        ordinary = pool.submit(_timed_verify, "so \\boxed{\\frac{1}{2}}", "0.5", 5.0).result()
+        slow = [future.result() for future in slow]
+    assert ordinary[0] == 1.0 and ordinary[1] < 5.0
+    assert [reward for reward, _ in slow] == [-1.0] * runaways
+    assert max(seconds for _, seconds in slow) < 2.0, sorted(seconds for _, seconds in slow)
+
+
+FULL_POOL = r"""
+    import json, threading, time
+    import g2rl_core.evaluation.verifier as verifier
+    runaway = "\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}"
+    verifier.warm_up(1)
+    verifier.MAX_HELPERS = 1  # a runaway check takes the only helper: the next caller must wait for one
+    slow = threading.Thread(target=verifier.verify, args=(runaway, "1"), kwargs={"timeout_s": 3.0})
+    slow.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    waited = verifier.verify("\\boxed{2}", "2", timeout_s=0.5)
+    seconds = time.monotonic() - start
+    slow.join()
+    print(json.dumps([waited.reward, seconds, verifier.verify("\\boxed{2}", "2").reward]))
+"""
+
+
+def test_waiting_for_a_free_helper_counts_in_the_bound():
+    """With every helper busy (MAX_HELPERS reached), a caller waits for one only until its bound,
+    then scores -1; once a helper is free again the same check scores +1."""
+    reward, seconds, later = json.loads(_run_python(FULL_POOL, timeout=120))
+    assert reward == -1.0 and seconds < 1.5
+    assert later == 1.0

@@ -25,13 +25,14 @@ anything was timed, so no import is ever cut short. A helper is reused while it 
 its bound; a check that runs over kills its helper (a fresh fork replaces it in milliseconds),
 so a slow or hostile answer can neither hold up nor poison another check.
 
-The bound ``timeout_s`` is on the CPU time the check uses in its helper (read from /proc on
-Linux; elsewhere it is wall-clock time), so a verdict does not depend on how loaded the machine
-is: hostile answers burning CPU next to a correct one cannot push it over its bound. A check
-also ends after ``WALL_CAP_FACTOR * timeout_s`` wall-clock seconds, however loaded the machine.
-On an unloaded machine the two agree and a call returns within ``timeout_s`` plus milliseconds.
-Not counted: starting the fork server (2-4 s, once per process) and waiting for a free helper
-when ``MAX_HELPERS`` are busy. No signal or timer of the caller's process is touched.
+The bound ``timeout_s`` is on the wall-clock time of the whole ``verify`` call, from entry to
+return: extraction in the caller, waiting for a helper (forks and kills are a keeper thread's
+work, never the caller's), sending the answer and waiting for the verdict. A verdict that has
+not come by then scores -1, not verified. So the verdict of a check that needs close to its
+bound can depend on machine load; an ordinary check needs milliseconds, about a thousandth of
+the default bound (5 s), so in practice only answers built to be slow are affected (see
+docs/verifier.md for why a CPU-time bound was dropped). Not counted: starting the fork server
+(2-4 s, once per process; ``warm_up``). No signal or timer of the caller's process is touched.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import json
 import logging
 import math
 import os
-import queue
 import re
 import select
 import socket
@@ -60,7 +60,6 @@ DEFAULT_TIMEOUT_S = 5.0
 CHOICE_LETTERS = "ABCDEFGHIJ"
 MAX_HELPERS = 32  # helper processes per process at most; more concurrent callers wait for a free one
 START_TIMEOUT_S = 300.0  # for the fork server's start-up (imports and warm-up), on a loaded machine
-WALL_CAP_FACTOR = 4.0  # a check also ends after this many times its bound in wall-clock seconds
 
 _log = logging.getLogger(__name__)
 
@@ -185,13 +184,22 @@ class _Channel:
         self._poll.register(sock.fileno(), select.POLLIN)
         self._buffer = b""
 
-    def send(self, message: dict, fds: tuple[int, ...] = ()) -> None:
+    def send(self, message: dict, fds: tuple[int, ...] = (), timeout_s: float | None = None) -> None:
+        """Write one line; TimeoutError (an OSError) if the peer has not taken it within ``timeout_s``.
+
+        A long answer fills the socket's buffer, and a helper starved of CPU reads it slowly, so
+        the write is bounded too.
+        """
         data = json.dumps(message).encode() + b"\n"
-        if fds:
-            sent = socket.send_fds(self.sock, [data], list(fds))
-            data = data[sent:]
-        if data:
-            self.sock.sendall(data)
+        self.sock.settimeout(None if timeout_s is None else max(timeout_s, 1e-3))
+        try:
+            if fds:
+                sent = socket.send_fds(self.sock, [data], list(fds))
+                data = data[sent:]
+            if data:
+                self.sock.sendall(data)
+        finally:
+            self.sock.settimeout(None)
 
     def receive(self, timeout_s: float) -> dict | None:
         """The next reply, or None if none came within ``timeout_s``. EOFError if the peer is gone."""
@@ -317,56 +325,28 @@ class _Helper:
         self.channel.close()  # without a fork server, the helper exits when it next reads
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process from /proc (Linux); None where that is not available."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-        fields = data[data.rindex(b")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _await_verdict(helper: _Helper, timeout_s: float) -> dict | None:
-    """The helper's reply, or None once the check has used ``timeout_s`` CPU seconds (wall-clock
-    seconds where a process's CPU time cannot be read) or ``WALL_CAP_FACTOR * timeout_s`` wall seconds."""
-    start_cpu = _cpu_seconds(helper.pid)
-    started = time.monotonic()
-    wall_limit = timeout_s * WALL_CAP_FACTOR if start_cpu is not None else timeout_s
-    used = 0.0
-    while True:
-        wall_left = wall_limit - (time.monotonic() - started)
-        # the helper is one thread: its CPU time grows no faster than the wall clock
-        wait = min(max(timeout_s - used, 0.005), wall_left)
-        if wait <= 0:
-            return None
-        reply = helper.channel.receive(wait)
-        if reply is not None:
-            return reply
-        now_cpu = _cpu_seconds(helper.pid) if start_cpu is not None else None
-        used = (now_cpu - start_cpu) if now_cpu is not None else time.monotonic() - started
-        if used >= timeout_s:
-            return None
-
-
 class _Pool:
     """Helpers of this process: reused while they answer in time, never shared by two checks at
-    once, killed (and forked anew when needed) when a check runs over or the helper crashes."""
+    once, killed when a check runs over or the helper crashes.
+
+    Callers never talk to the fork server: a keeper thread forks the helpers they ask for and
+    kills the retired ones, and a caller waits for an idle helper only until its deadline. So no
+    caller can be held past its bound by the fork server, a slow fork, a kill or a full pool.
+    """
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.idle: list[_Helper] = []
         self.every: set[_Helper] = set()
-        self.size = 0  # helpers alive or being forked
+        self.size = 0  # helpers alive or asked of the keeper
+        self.asked = 0  # forks asked of the keeper and not yet done
+        self.waiting = 0  # callers waiting for a helper
+        self.doomed: list[_Helper] = []  # retired helpers for the keeper to kill
+        self.failure: str | None = None  # why the keeper could not fork (a restart failed)
         self.closed = False
         self.server: _ForkServer | None = None
         self.server_lock = threading.Lock()
-        self.doomed: queue.SimpleQueue[_Helper | None] = queue.SimpleQueue()
-        self.reaper: threading.Thread | None = None
+        self.keeper: threading.Thread | None = None
 
     def _server(self) -> _ForkServer:
         with self.server_lock:
@@ -374,6 +354,8 @@ class _Pool:
                 if self.server is not None:
                     self.server.close()
                 self.server = None
+                if self.closed:
+                    raise VerifierUnavailable("the verifier's helpers were shut down")
                 try:
                     self.server = _ForkServer()
                 except Exception as err:
@@ -382,6 +364,19 @@ class _Pool:
                         f"{' '.join(str(err).split())[:500]}; install math-verify[antlr4_9_3]==0.9.0 here"
                     ) from None
             return self.server
+
+    def start(self) -> float:
+        """Start the fork server if it is not running; the seconds this took (microseconds when it runs).
+
+        The start-up (imports and warm-up, 2-4 s) is done in the caller's thread, so that a
+        failure raises VerifierUnavailable there; callers leave it out of their bound. With a
+        running fork server, a failure the keeper met before is forgotten: it may fork again.
+        """
+        began = time.monotonic()
+        self._server()
+        with self.cond:
+            self.failure = None
+        return time.monotonic() - began
 
     def _fork(self) -> _Helper:
         for attempt in range(2):
@@ -392,61 +387,104 @@ class _Pool:
                     raise VerifierUnavailable("the verifier's fork server keeps failing to fork a helper") from None
         raise AssertionError("unreachable")
 
-    def acquire(self) -> _Helper:
-        """A ready helper for this caller alone; forks one if none is idle and the cap allows."""
-        with self.cond:
-            while not self.idle and self.size >= max(1, MAX_HELPERS):
-                self.cond.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.size += 1
-        try:
-            helper = self._fork()
-        except BaseException:
+    def _wake_keeper(self) -> None:
+        """Called with ``cond`` held: there is work for the keeper thread (started on first use)."""
+        self.cond.notify_all()
+        if self.keeper is None:
+            self.keeper = threading.Thread(target=self._keep, name="g2rl-verifier-keeper", daemon=True)
+            self.keeper.start()
+
+    def _keep(self) -> None:
+        """The keeper thread: kill retired helpers (first: a runaway one burns CPU), fork asked-for ones."""
+        while True:
             with self.cond:
-                self.size -= 1
-                self.cond.notify()
-            raise
+                while not (self.doomed or self.asked or self.closed):
+                    self.cond.wait()
+                if self.closed:
+                    return
+                doomed, self.doomed = self.doomed, []
+                fork = self.asked > 0
+            for helper in doomed:
+                helper.kill()
+            if not fork:
+                continue
+            try:
+                helper = self._fork()
+            except Exception as err:  # noqa: BLE001 (callers waiting for a helper get it instead)
+                with self.cond:
+                    self.failure = str(err) if isinstance(err, VerifierUnavailable) else f"{type(err).__name__}: {err}"
+                    self.size -= self.asked
+                    self.asked = 0
+                    self.cond.notify_all()
+                continue
+            with self.cond:
+                self.asked -= 1
+                if self.closed:  # shut down meanwhile: the fork server kills it as it exits
+                    helper.channel.close()
+                    return
+                self.every.add(helper)
+                self.idle.append(helper)
+                self.cond.notify_all()
+
+    def acquire(self, deadline: float) -> _Helper | None:
+        """A ready helper for this caller alone, or None if none is ready by ``deadline`` (monotonic).
+
+        Asks the keeper for a fork when no helper is idle and fewer than ``MAX_HELPERS`` exist.
+        Raises VerifierUnavailable if the keeper could not fork one (the fork server cannot restart).
+        """
         with self.cond:
-            self.every.add(helper)
-        return helper
+            self.waiting += 1
+            try:
+                while True:
+                    if self.failure is not None:
+                        raise VerifierUnavailable(self.failure)
+                    if self.idle:
+                        return self.idle.pop()
+                    if self.asked < self.waiting and self.size < max(1, MAX_HELPERS):
+                        self.size += 1
+                        self.asked += 1
+                        self._wake_keeper()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self.cond.wait(left)
+            finally:
+                self.waiting -= 1
 
     def release(self, helper: _Helper) -> None:
         with self.cond:
             if not self.closed:
                 self.idle.append(helper)
-                self.cond.notify()
+                self.cond.notify_all()
                 return
         self.discard(helper)
 
     def discard(self, helper: _Helper) -> None:
         """Retire a helper whose state is unknown (over time, crashed, garbled): its socket is closed
-        at once and a background thread has the fork server kill it, so the caller does not wait."""
+        at once and the keeper thread has the fork server kill it, so the caller does not wait."""
         helper.channel.close()
         with self.cond:
             self.every.discard(helper)
             self.size -= 1
-            self.cond.notify()
-            if self.reaper is None:
-                self.reaper = threading.Thread(target=self._reap, name="g2rl-verifier-reaper", daemon=True)
-                self.reaper.start()
-        self.doomed.put(helper)
+            if not self.closed:
+                self.doomed.append(helper)
+                self._wake_keeper()
 
-    def _reap(self) -> None:
-        while (helper := self.doomed.get()) is not None:
-            helper.kill()
-
-    def check(self, answer: str, gold: str, timeout_s: float) -> bool | None:
-        """math-verify's verdict on (answer, gold); None if it did not come within ``timeout_s``."""
+    def check(self, answer: str, gold: str, deadline: float) -> bool | None:
+        """math-verify's verdict on (answer, gold); None if it did not come by ``deadline`` (monotonic)."""
         for _ in range(3):
-            helper = self.acquire()
+            if time.monotonic() >= deadline:
+                return None
+            helper = self.acquire(deadline)
+            if helper is None:
+                return None
             reply, delivered = None, False
             try:
                 if not helper.channel.peer_gone():  # a helper that died while idle is replaced, not blamed
-                    helper.channel.send({"answer": answer, "gold": gold})
                     delivered = True
-                    reply = _await_verdict(helper, timeout_s)
-            except (OSError, EOFError, ValueError):  # it crashed on this answer, or answered garbage
+                    helper.channel.send({"answer": answer, "gold": gold}, timeout_s=deadline - time.monotonic())
+                    reply = helper.channel.receive(deadline - time.monotonic())
+            except (OSError, EOFError, ValueError):  # it crashed on this answer, ran over, or answered garbage
                 reply = None
             finally:
                 if reply is not None and isinstance(reply.get("ok"), bool):
@@ -463,9 +501,9 @@ class _Pool:
             self.closed = True
             self.idle = []
             helpers = list(self.every)
+            self.cond.notify_all()
         for helper in helpers:
             helper.channel.close()
-        self.doomed.put(None)
         with self.server_lock:
             if self.server is not None:
                 self.server.close()
@@ -490,10 +528,14 @@ def warm_up(helpers: int = 1) -> None:
     before timing checks. Raises VerifierUnavailable if the helper process cannot start.
     """
     pool = _the_pool()
+    pool.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
     taken = []
     try:
         for _ in range(max(1, min(helpers, MAX_HELPERS))):
-            taken.append(pool.acquire())
+            if (helper := pool.acquire(deadline)) is None:
+                raise VerifierUnavailable(f"the verifier's fork server forked no helper within {START_TIMEOUT_S:.0f} s")
+            taken.append(helper)
     finally:
         for helper in taken:
             pool.release(helper)
@@ -526,14 +568,17 @@ os.register_at_fork(after_in_child=_forget_pool_in_child)
 # --- verdicts ------------------------------------------------------------------------------------
 
 
-def _math_verdict(response: str, gold: str, timeout_s: float) -> Verdict:
+def _math_verdict(response: str, gold: str, deadline: float) -> Verdict:
+    """Grade the last box with math-verify in a helper; -1 unless its verdict comes by ``deadline``."""
     boxed = last_boxed(response)
     if not boxed:
         return Verdict(-1.0, None)
     answer, expected = normalize_math_answer(boxed), normalize_math_answer(gold)
     if not answer or not expected:
         return Verdict(-1.0, boxed)
-    return Verdict(1.0 if _the_pool().check(answer, expected, timeout_s) else -1.0, boxed)
+    pool = _the_pool()
+    deadline += pool.start()  # the fork server's one-time start-up is not counted in the bound
+    return Verdict(1.0 if pool.check(answer, expected, deadline) else -1.0, boxed)
 
 
 def _choice_verdict(response: str, gold: str) -> Verdict:
@@ -548,9 +593,12 @@ def verify(response: str, gold: str, kind: str = "math", *, timeout_s: float = D
         response: the model's full output (untrusted text).
         gold: the reference answer: a LaTeX/plain math expression, or a letter A-J.
         kind: ``"math"`` (last box, math-verify, gold first) or ``"choice"`` (final letter).
-        timeout_s: bound on the math check: CPU seconds in its helper (wall-clock seconds where
-            CPU time cannot be read), and at most ``WALL_CAP_FACTOR`` times as many wall-clock
-            seconds; over it counts as wrong.
+        timeout_s: wall-clock bound on the whole call, from entry to return (default
+            ``DEFAULT_TIMEOUT_S`` = 5 s). A math check whose verdict has not come when it runs
+            out scores -1 (not verified), and its helper is killed. The bound is wall-clock time,
+            so on an overloaded machine a check that needs close to its bound can run out; an
+            ordinary check needs milliseconds, about a thousandth of the default. Not counted:
+            the fork server's one-time start-up (see ``warm_up``).
 
     Returns:
         Verdict(reward=+1.0 or -1.0, extracted=the graded answer string or None). Whatever the
@@ -558,6 +606,7 @@ def verify(response: str, gold: str, kind: str = "math", *, timeout_s: float = D
         arguments (ValueError, TypeError) and an environment in which no helper process can
         start (VerifierUnavailable) raise.
     """
+    entered = time.monotonic()
     if kind not in ANSWER_KINDS:
         raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
     if not isinstance(response, str) or not isinstance(gold, str):
@@ -567,7 +616,7 @@ def verify(response: str, gold: str, kind: str = "math", *, timeout_s: float = D
     try:
         if kind == "choice":
             return _choice_verdict(response, gold)
-        return _math_verdict(response, gold, timeout_s)
+        return _math_verdict(response, gold, entered + timeout_s)
     except G2RLError:
         raise
     except Exception as err:  # a bug reached by some text: a wrong answer, never a crash of the caller
