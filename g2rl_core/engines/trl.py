@@ -139,7 +139,9 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         num_iterations=cfg.ppo_epochs,
         learning_rate=cfg.lr,
         lr_scheduler_type="constant_with_warmup",
-        warmup_steps=cfg.lr_warmup_steps,
+        # TRL's schedule counts optimiser steps: the same warm-up length in training steps as verl and the native
+        # engine (lr_schedule), though TRL's factor also rises within a training step
+        warmup_steps=cfg.lr_warmup_steps * per_step,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.grad_clip if cfg.grad_clip > 0 else 1e9,
         beta=cfg.kl_coef if cfg.use_kl_loss else 0.0,
