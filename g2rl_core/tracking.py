@@ -75,7 +75,7 @@ def completions_table(
     answers: Sequence[str],
     texts: Sequence[str],
     rewards: torch.Tensor,
-    phi: torch.Tensor,
+    phi: torch.Tensor | None,
     advantages: torch.Tensor,
     shaping: ShapingConfig,
 ) -> list[dict[str, Any]]:
@@ -84,11 +84,14 @@ def completions_table(
     ``rewards`` [G, m] are the verifier's r_i, ``phi`` [G, m, d] the sequence features (eq. 5-6),
     ``advantages`` [G, m] what the run's method used. ``nu`` is G2RL's exploration score (eq. 9) and
     ``shaped_reward`` the G2RL-shaped reward of eq. 10-13 under ``shaping``, computed for every method
-    so that runs can be compared; only the ``g2rl`` method trains on them.
+    so that runs can be compared; only the ``g2rl`` method trains on them. ``phi=None`` (an engine that
+    did not compute Phi for this method, e.g. TRL for grpo) leaves ``nu`` and ``shaped_reward`` None.
     """
     G, m = rewards.shape
-    nu = exploration_scores(phi, rewards)
-    shaped = shape_rewards(rewards, nu, **shaping.kwargs())
+    nu = shaped = None
+    if phi is not None:
+        nu = exploration_scores(phi, rewards).reshape(-1)
+        shaped = shape_rewards(rewards, nu.view(G, m), **shaping.kwargs()).reshape(-1)
     return [
         {
             "step": step,
@@ -96,8 +99,8 @@ def completions_table(
             "completion": texts[i],
             "answer": answers[i // m],
             "reward": float(rewards.view(-1)[i]),
-            "nu": float(nu.reshape(-1)[i]),
-            "shaped_reward": float(shaped.reshape(-1)[i]),
+            "nu": None if nu is None else float(nu[i]),
+            "shaped_reward": None if shaped is None else float(shaped[i]),
             "advantage": float(advantages.reshape(-1)[i]),
         }
         for i in range(G * m)

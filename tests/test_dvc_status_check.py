@@ -32,3 +32,18 @@ def test_modified_code_params_and_results_fail():
     assert "train@grpo-0: g2rl_core/maths (modified)" in problems
     assert "train@grpo-0: params.yaml profiles.tiny.train (modified)" in problems
     assert "table1: results/tiny/table1.md (modified)" in problems
+
+
+def test_a_stage_missing_from_dvc_lock_fails():
+    """A stage dvc.lock does not know (e.g. renamed to table@table1_main_results): its params are 'new'."""
+    status = {
+        "table@table1_main_results": [
+            {"changed deps": {"params.yaml": "new", "g2rl_core/engines/native.py": "modified"}},
+            {"changed outs": {"results/tiny/table1.md": "modified"}},
+        ]
+    }
+    assert check.stale_entries(status, TRACKED) == [
+        "table@table1_main_results: params.yaml (new)",
+        "table@table1_main_results: g2rl_core/engines/native.py (modified)",
+        "table@table1_main_results: results/tiny/table1.md (modified)",
+    ]

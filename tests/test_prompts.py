@@ -221,3 +221,50 @@ def test_trainer_rollout_walks_the_epochs(tiny_base, tmp_path):
         if step < per_epoch:
             ids.extend(p.id for p in problems)
     assert len(ids) == len(set(ids)) == per_epoch * per_step  # no prompt twice in an epoch
+
+
+def _left_pad_loop(rows, pad_id):
+    """The hand-written left_pad this package had before it used pad_sequence (the reference)."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def _right_pad_loop(rows, pad, dtype=torch.long):
+    """The hand-written right_pad this package had before it used pad_sequence (the reference)."""
+    width = max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), pad, dtype=dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=dtype)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[[5, 6, 7], [8], [9, 10]], [[3], [], [4, 5, 6, 7]], [[], []], [[1, 2]], [[11, 12], [13, 14]]],
+    ids=["ragged", "with-empty", "all-empty", "one-row", "equal"],
+)
+def test_pad_helpers_equal_the_hand_written_loops(rows):
+    from g2rl_core.rollout import left_pad, right_pad
+
+    for ours, reference in [
+        (left_pad(rows, 0), _left_pad_loop(rows, 0)),
+        (left_pad(rows, 99), _left_pad_loop(rows, 99)),
+        (right_pad(rows, 99), _right_pad_loop(rows, 99)),
+        (right_pad([[x / 7 for x in r] for r in rows], 0.0, torch.float32),
+         _right_pad_loop([[x / 7 for x in r] for r in rows], 0.0, torch.float32)),
+    ]:  # fmt: skip
+        for got, want in zip(ours, reference):
+            assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+    ids, mask = left_pad(rows, -1)
+    assert (mask.sum(1) == torch.tensor([len(r) for r in rows])).all()
+    if rows == [[5, 6, 7], [8], [9, 10]]:  # the layout itself, not only agreement
+        assert ids.tolist() == [[5, 6, 7], [-1, -1, 8], [-1, 9, 10]]
+        assert right_pad(rows, -1)[0].tolist() == [[5, 6, 7], [8, -1, -1], [9, 10, -1]]

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from g2rl_core.pipeline.report import ABLATION_SCORE, ablation_table, seed_interval
@@ -144,3 +145,26 @@ def test_ablation_table_refuses_an_unfinished_run(tmp_path):
     (short / "log.jsonl").write_text(json.dumps({"kind": "val", "step": 0, "val_mean_at_8": 0.1}) + "\n")
     with pytest.raises(ValueError, match="equation lam=0.5 seed 1 ends at step 0, others at 10"):
         ablation_table([("equation", 0.5, 0, done), ("equation", 0.5, 1, short)], "val_mean_at_8")
+
+
+def test_to_markdown_is_a_pipe_table_that_keeps_every_cell_as_written():
+    import math
+
+    from g2rl_core.pipeline.report import to_markdown
+
+    frame = pd.DataFrame(
+        {
+            "method": ["GRPO", "G2RL"],
+            "pass@1": ["5.30 [4.0, 6.1]", "0.0"],  # formatted cells: never re-parsed as numbers
+            "lam": [0.0, 1e-05],
+            "seeds": [3, 12],
+            "mean": [6.32, math.nan],
+        }
+    )
+    lines = to_markdown(frame).splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert cells[0] == list(frame.columns)
+    assert all(set(cell) <= set(":-") and cell for cell in cells[1])  # the pipe table's rule
+    assert cells[2:] == [["GRPO", "5.30 [4.0, 6.1]", "0.0", "3", "6.32"], ["G2RL", "0.0", "1e-05", "12", "nan"]]
+    assert all(line.startswith("| ") and line.endswith(" |") for i, line in enumerate(lines) if i != 1)
+    assert to_markdown(frame).endswith(" |\n") and len({len(line) for line in lines}) == 1  # padded columns

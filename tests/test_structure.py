@@ -73,8 +73,26 @@ def test_dvc_paths_are_the_paths_module():
         paths.ablation_run_dir(profile, "centered", 0.5, seed)
     )
     assert render(dvc["sft"]["outs"][0]) == str(paths.tiny_build())
-    table = next(iter(dvc["table1_main_results"]["outs"][0]))
-    assert render(table, profile=profile).startswith(str(paths.results_dir(profile)) + "/")
+    table = next(iter(dvc["table"]["do"]["outs"][0]))
+    assert render(table, profile=profile, item="table1_main_results") == str(
+        paths.results_dir(profile) / "table1_main_results.csv"
+    )
+
+
+def test_every_notebook_has_one_papermill_stage():
+    """Each notebook runs in exactly one stage: an item of the ``table`` foreach stage or a stage of its own."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    runs = []
+    for name, stage in dvc.items():
+        items = stage.get("foreach", [None])
+        for item in items:
+            body = stage.get("do", stage)
+            cmd = str(body.get("cmd", "")).replace("${item}", str(item))
+            runs += [m.group(1) for m in re.finditer(r"papermill --no-progress-bar notebooks/(\w+)\.ipynb", cmd)]
+            if "papermill" in cmd:
+                deps = [d.replace("${item}", str(item)) for d in body["deps"]]
+                assert f"notebooks/{runs[-1]}.ipynb" in deps, name
+    assert sorted(runs) == sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
 
 
 def _one_line_error(capsys, argv, expected: str):

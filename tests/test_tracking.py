@@ -59,6 +59,19 @@ def test_completions_table_holds_reward_nu_and_shaped_reward_of_each_completion(
     assert any(r["shaped_reward"] != r["reward"] for r in rows)  # shaping acts (lam = 0.5)
 
 
+def test_completions_table_without_phi_leaves_nu_and_shaped_reward_empty():
+    rewards = torch.tensor([[1.0, -1.0], [-1.0, -1.0]])
+    advantages = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
+    rows = completions_table(3, ["p0", "p1"], ["a0", "a1"], list("wxyz"), rewards, None, advantages, ShapingConfig())
+    assert [(r["prompt"], r["completion"], r["reward"], r["advantage"]) for r in rows] == [
+        ("p0", "w", 1.0, 1.0),
+        ("p0", "x", -1.0, -1.0),
+        ("p1", "y", -1.0, 0.0),
+        ("p1", "z", -1.0, 0.0),
+    ]
+    assert all(r["nu"] is None and r["shaped_reward"] is None for r in rows)
+
+
 def test_trackers_leave_the_random_generators_as_they_were():
     torch.manual_seed(1)
     random.seed(1)
@@ -158,15 +171,85 @@ def test_native_engine_logs_to_trackio_offline(tiny_base, tmp_path):
     assert (tmp_path / "trackio").is_dir() and not (tmp_path / "run" / "dvclive").exists()
 
 
-def test_trl_engine_passes_the_loggers_as_report_to(tiny_base, tmp_path):
+def test_trl_engine_never_reports_through_transformers_callbacks(tiny_base, tmp_path):
+    """Our trackers write every logger; TRL's report_to stays off, so no row reaches a tracker twice."""
     pytest.importorskip("trl")
     from g2rl_core.engines.trl import grpo_config_from_profile
 
     profile = load_profile("tiny", tiny_base / "params.yaml")
-    cfg = profile.train_config("g2rl", 0)
-    assert grpo_config_from_profile(cfg, str(tmp_path)).report_to in ([], "none", ["none"])
-    cfg = profile.train_config("g2rl", 0, loggers=["dvclive", "trackio"])
-    # dvclive is left out: transformers' callback would rewrite the repository's dvc.yaml
-    assert grpo_config_from_profile(cfg, str(tmp_path)).report_to == ["trackio"]
-    cfg = profile.train_config("g2rl", 0, loggers=["tensorboard", "wandb"])
-    assert grpo_config_from_profile(cfg, str(tmp_path)).report_to == ["tensorboard", "wandb"]
+    for loggers in ([], ["dvclive"], ["dvclive", "trackio"], ["tensorboard", "wandb"]):
+        cfg = profile.train_config("g2rl", 0, loggers=loggers)
+        assert grpo_config_from_profile(cfg, str(tmp_path)).report_to in ([], "none", ["none"]), loggers
+
+
+def _expected_curves(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("kind", "step"):
+                expected.setdefault(f"{row['kind']}/{key}", []).append((row["step"], float(value)))
+    return expected
+
+
+def test_trl_engine_sends_every_log_row_to_dvclive(tiny_base, tmp_path):
+    pytest.importorskip("trl")
+    from g2rl_core.engines.trl import train_with_trl
+
+    profile = load_profile("tiny", tiny_base / "params.yaml")
+    cfg = profile.train_config("g2rl", 0, steps=2, val_every=2, loggers=["dvclive"])
+    run = tmp_path / "trl"
+    train_with_trl(cfg, str(run))
+    rows = read_log(run / "log.jsonl")
+    assert [(r["kind"], r["step"]) for r in rows] == [("val", 0), ("train", 1), ("train", 2), ("val", 2)]
+    assert _dvclive_curves(run) == _expected_curves(rows)  # every numeric field of every row, at its step, once
+    summary = json.loads((run / "dvclive" / "metrics.json").read_text())
+    last_train = [r for r in rows if r["kind"] == "train"][-1]
+    assert summary["step"] == 2 and summary["train"] == {
+        k: v for k, v in last_train.items() if k not in ("kind", "step")
+    }
+    assert summary["val"]["val_mean_at_2"] == rows[-1]["val_mean_at_2"]
+    G, m = cfg.prompts_per_step, cfg.rollouts_per_prompt
+    tables = {p.name: json.loads(p.read_text()) for p in sorted((run / "dvclive" / "completions").iterdir())}
+    assert list(tables) == ["step_000001.json", "step_000002.json"]
+    for step, table in enumerate(tables.values(), start=1):
+        assert len(table) == G * m and {r["step"] for r in table} == {step}
+        assert all(set(r) == set(COMPLETION_COLUMNS) and 0 <= r["nu"] <= 1 for r in table)
+        assert {r["reward"] for r in table} <= {-1.0, 1.0}
+        # the table's rewards are the step's: their mean is the logged reward_mean
+        train_row = next(r for r in rows if r["kind"] == "train" and r["step"] == step)
+        assert sum(r["reward"] for r in table) / len(table) == pytest.approx(train_row["reward_mean"])
+    assert not (REPO / "dvclive").exists()  # nothing written next to the repository's dvc.yaml
+
+
+def test_trl_engine_logs_to_trackio_offline(tiny_base, tmp_path):
+    """grpo through TRL: every log row reaches trackio once per step; the table has no nu (TRL computes no Phi)."""
+    pytest.importorskip("trl")
+    pytest.importorskip("trackio")
+    script = textwrap.dedent(
+        f"""
+        from g2rl_core.config import load_profile
+        from g2rl_core.engines.trl import train_with_trl
+        profile = load_profile("tiny", {str(tiny_base / "params.yaml")!r})
+        cfg = profile.train_config("grpo", 0, steps=2, val_every=2, checkpoint_every=2, loggers=["trackio"])
+        train_with_trl(cfg, {str(tmp_path / "run")!r})
+        from trackio.sqlite_storage import SQLiteStorage
+        import json
+        print("LOGS", json.dumps(SQLiteStorage.get_logs("g2rl", "run-grpo-seed0"), default=str))
+        """
+    )
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = json.loads(done.stdout.split("LOGS ", 1)[1])
+    rows = read_log(tmp_path / "run" / "log.jsonl")
+    assert [(r["kind"], r["step"]) for r in rows] == [("val", 0), ("train", 1), ("train", 2), ("val", 2)]
+    for row in rows:
+        logged = [entry for entry in logs if entry.get("step") == row["step"]]
+        for key, value in row.items():
+            if key not in ("kind", "step"):
+                hits = [entry[f"{row['kind']}/{key}"] for entry in logged if f"{row['kind']}/{key}" in entry]
+                assert hits == [pytest.approx(value)], key  # once, with log.jsonl's value
+    assert not any(key.startswith(("rewards/", "train/reward_std")) for entry in logs for key in entry)  # not TRL's
+    tables = [entry for entry in logs if "completions" in entry]
+    assert sorted(entry["step"] for entry in tables) == [1, 2]
+    assert not (tmp_path / "run" / "dvclive").exists()

@@ -269,3 +269,38 @@ def test_cli_threads_reach_the_trainer_config(tmp_path, monkeypatch):
     argv = ["train", "--params", str(params), "--profile", "tiny", "--method", "grpo", "--out", str(tmp_path / "r")]
     assert main(argv) == 0 and main([*argv, "--threads", "1"]) == 0
     assert seen == [load_profile("tiny", params).threads, 1]
+
+
+def _lrs(scheduler, steps: int) -> list[float]:
+    """The learning rate each of ``steps`` training steps runs at (the trainer steps the schedule after each)."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_lr_schedule_is_verls_constant_with_warmup():
+    import io
+
+    from g2rl_core.engines.native import lr_schedule
+
+    def optimizer(lr):
+        return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+    # No warm-up (every profile): bit-identical to the factor 1.0 the trainer used before.
+    lr = 5e-7
+    before = torch.optim.lr_scheduler.LambdaLR(optimizer(lr), lambda s: 1.0)
+    assert _lrs(lr_schedule(optimizer(lr), 0), 6) == _lrs(before, 6) == [lr] * 6
+    # Warm-up 3: verl 0.9.1's (and transformers') factors s / 3 from step 0, then 1 (the old ones were (s + 1) / 3).
+    assert _lrs(lr_schedule(optimizer(1.0), 3), 6) == [0.0, 1 / 3, 2 / 3, 1.0, 1.0, 1.0]
+    # The checkpoint keeps the schedule's state through a weights-only load.
+    schedule = lr_schedule(optimizer(1.0), 3)
+    _lrs(schedule, 2)
+    buffer = io.BytesIO()
+    torch.save(schedule.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = lr_schedule(optimizer(1.0), 3)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert _lrs(resumed, 3) == [2 / 3, 1.0, 1.0]

@@ -206,6 +206,10 @@ def test_profile_maps_to_grpo_config(tmp_path):
     assert (grpo.bf16, grpo.fp16, grpo.gradient_checkpointing) == (True, False, True)  # paper profiles: bf16
     assert (grpo.save_strategy, grpo.save_steps, grpo.save_total_limit) == ("steps", 10 * 16, 1)
     assert grpo.logging_steps == 16  # one log row per training step (16 optimiser steps)
+    warm = grpo_config_from_profile(
+        dataclasses_replace(profile.train_config("grpo", 0), lr_warmup_steps=3), str(tmp_path)
+    )
+    assert (grpo.warmup_steps, warm.warmup_steps, warm.lr_scheduler_type) == (0, 3 * 16, "constant_with_warmup")
     assert grpo.use_vllm and grpo.vllm_mode == "colocate" and grpo.vllm_enable_sleep_mode
 
 

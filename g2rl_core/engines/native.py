@@ -23,7 +23,7 @@ reward transform in ``methods.METHODS``. Design choices:
   (verl's low_var_kl), minus entropy_coeff * entropy for methods with an entropy bonus;
   token-mean over each mini-batch. A mini-batch is ``ppo_mini_batch_size`` prompts (all their
   responses) and is one optimiser step; micro-batches of ``ppo_micro_batch_size`` responses
-  accumulate gradients. Learning rate: linear warm-up, then constant (verl's default).
+  accumulate gradients. Learning rate: verl's linear warm-up from 0, then constant (``lr_schedule``).
 - Every ``checkpoint_every`` steps a checkpoint is written (``engines.checkpoint``: safetensors
   weights, weights-only state, config sidecar, sha256 manifest, atomic, the last
   ``keep_checkpoints`` kept); ``train`` holds ``out``'s run lock, resumes from the newest
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import set_seed
+from transformers import get_constant_schedule_with_warmup, set_seed
 
 from g2rl_core.config import ConfigError, TrainConfig
 from g2rl_core.engines import checkpoint as ckpt
@@ -66,6 +66,17 @@ from g2rl_core.prompt_order import step_prompts
 from g2rl_core.rollout import RolloutBatch, make_rollout
 from g2rl_core.runlock import run_lock
 from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """verl's actor schedule (``lr_warmup_steps``, constant after): stepped once per training step.
+
+    transformers' ``get_constant_schedule_with_warmup``, the formula verl 0.9.1's
+    ``verl.utils.torch_functional.get_constant_schedule_with_warmup`` also uses: training step
+    s (from 0) runs at ``lr * s / warmup_steps`` while s < warmup_steps, then at ``lr``; so with a
+    warm-up the first step runs at lr 0, as in verl. Without one (every profile) the factor is 1.0.
+    """
+    return get_constant_schedule_with_warmup(optimizer, warmup_steps)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -160,10 +171,7 @@ class Trainer:
         self.method = METHODS[cfg.method]
         self.encode = sentence_encoder(cfg.encoder) if self.method.needs_encoder else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = cfg.lr_warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = lr_schedule(self.optimizer, cfg.lr_warmup_steps)
         self.step = 0
         self.trackers = Trackers()  # opened by train() (cfg.loggers)
         self.completions: list[dict] = []  # the last step's completions table, when trackers are open

@@ -23,6 +23,20 @@ The per-step log (TRL's ``log_history`` / logger) gains ``g2rl/nu_mean``, ``g2rl
 advantages, which is 0.) ``RunLogCallback`` writes ``<out>/log.jsonl`` with the native engine's
 column names (``TRL_TO_NATIVE``), one row per training step, plus the native ``val`` rows.
 
+Trackers (``TrainConfig.loggers``). Every row ``RunLogCallback`` writes to ``log.jsonl`` also goes to
+each tracker in ``cfg.loggers`` through ``g2rl_core.tracking``, the code the native engine uses, with
+the same keys (``train/<column>``, ``val/<column>``), the same x-axis (the training step) and the
+same per-step completions table; only the main process (rank 0) opens and writes them. TRL's own
+``report_to`` is always ``"none"``: for every tracker (dvclive, trackio, wandb, tensorboard) our
+tracker writes, never transformers' callback, so no row is written twice. Why ours for each:
+transformers' DVCLiveCallback opens ``Live(dvcyaml="dvc.yaml")`` and rewrites the repository's
+dvc.yaml; and all of transformers' callbacks log TRL's own names (``rewards/...``, ``reward``,
+which is 0 here) against the optimiser step, so a TRL run and a native run of the same profile
+would not share a chart. The completions table comes from the hook: ``prompt`` is the text TRL fed
+the policy (``format_prompt``; the native table's bare problem text when ``chat_template`` is off),
+and ``nu`` / ``shaped_reward`` are filled for methods that compute Phi (g2rl) and None for the others
+(grpo, entropy, evol), for which this engine runs no extra decoder pass to get Phi.
+
 Run layout (as the native engine): ``<out>/final`` (Hugging Face format), ``<out>/log.jsonl``,
 ``<out>/config.json``, and TRL's own checkpoints in ``<out>/checkpoints/checkpoint-<optimizer step>``
 every ``checkpoint_every`` training steps; a run resumes from the newest one.
@@ -57,6 +71,7 @@ from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
 from g2rl_core.rollout import format_prompt, left_pad, make_rollout, right_pad
 from g2rl_core.runlock import run_lock
+from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
 
 # TRL's log_history names -> the native engine's log.jsonl columns (engines/native.py, Trainer.train_step).
 TRL_TO_NATIVE = {
@@ -124,7 +139,9 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         num_iterations=cfg.ppo_epochs,
         learning_rate=cfg.lr,
         lr_scheduler_type="constant_with_warmup",
-        warmup_steps=cfg.lr_warmup_steps,
+        # TRL's schedule counts optimiser steps: the same warm-up length in training steps as verl and the native
+        # engine (lr_schedule), though TRL's factor also rises within a training step
+        warmup_steps=cfg.lr_warmup_steps * per_step,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.grad_clip if cfg.grad_clip > 0 else 1e9,
         beta=cfg.kl_coef if cfg.use_kl_loss else 0.0,
@@ -144,9 +161,7 @@ def grpo_config_from_profile(cfg: TrainConfig, output_dir: str, **overrides) -> 
         gradient_checkpointing=cfg.gradient_checkpointing,
         **precision_flags(cfg.precision),
         logging_steps=per_step,
-        # TrainConfig.loggers, less dvclive: transformers' DVCLiveCallback opens Live() with dvcyaml="dvc.yaml",
-        # which rewrites the repository's dvc.yaml metrics/plots; a dvclive callback must pass dvcyaml=None
-        report_to=[name for name in cfg.loggers if name != "dvclive"] or "none",
+        report_to="none",  # cfg.loggers are written by RunLogCallback through g2rl_core.tracking (module docstring)
         save_strategy="steps",
         save_steps=cfg.checkpoint_every * per_step,
         save_total_limit=cfg.keep_checkpoints,
@@ -171,6 +186,7 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         self.method = METHODS[exploration.method]
         self.encode = sentence_encoder(exploration.encoder) if self.method.needs_encoder else None
         self._last_token_ids = None
+        self.completions: list[dict] = []  # the last generation's completions table (main process, with loggers)
 
     def _generate(self, prompts):
         out = super()._generate(prompts)
@@ -210,7 +226,31 @@ class ExplorationGRPOTrainer(GRPOTrainer):
         else:
             all_texts, parsable = texts, torch.ones(N, dtype=torch.bool)
         advantages = self.shape_gathered(rewards[:, 0].cpu(), phi, parsable, all_texts)
+        if self.exploration.loggers:  # every process takes part in the gathers; the main process keeps the table
+            self.completions = self.gathered_completions(inputs, texts, all_texts, rewards[:, 0].cpu(), phi, advantages)
         return advantages.view(-1, 1).to(rewards.device)
+
+    def gathered_completions(self, inputs, texts, all_texts, rewards, phi, advantages) -> list[dict]:
+        """The step's completions table (``tracking.completions_table``) over every process's completions."""
+        prompts = gather_object([x["prompt"] for x in inputs])
+        answers = gather_object([str(x["answer"]) for x in inputs])
+        if len(all_texts) != len(prompts):  # texts not gathered by the method (no encoder)
+            all_texts = gather_object(texts)
+        if not self.accelerator.is_main_process:
+            return []
+        m = self.num_generations
+        G = rewards.numel() // m
+        step = self.state.global_step // optimizer_steps_per_step(self.exploration) + 1
+        return completions_table(
+            step,
+            prompts[::m],
+            answers[::m],
+            all_texts,
+            rewards.view(G, m),
+            phi.view(G, m, -1) if self.method.needs_phi else None,
+            advantages.view(G, m),
+            self.exploration.shaping,
+        )
 
     def shape_gathered(
         self, rewards: torch.Tensor, phi: torch.Tensor, parsable: torch.Tensor, texts: list[str]
@@ -262,10 +302,15 @@ def native_row(logs: dict, step: int, completions: int, seconds: float) -> dict:
 
 class RunLogCallback(TrainerCallback):
     """Writes ``<out>/log.jsonl`` on the main process: a native train row per training step, val rows
-    every ``val_every`` steps and at step 0 and the last step (``validate(model)`` gives the row)."""
+    every ``val_every`` steps and at step 0 and the last step (``validate(model)`` gives the row).
 
-    def __init__(self, cfg: TrainConfig, log_path: Path, validate):
+    Every row also goes to ``trackers`` (open on the main process only), and after each train row the
+    step's completions table, read from ``completions()`` (the trainer's ``completions``)."""
+
+    def __init__(self, cfg: TrainConfig, log_path: Path, validate, trackers: Trackers | None = None, completions=None):
         self.cfg, self.log_path, self.validate = cfg, Path(log_path), validate
+        self.trackers = trackers if trackers is not None else Trackers()
+        self.completions = completions or (lambda: [])
         self.per_step = optimizer_steps_per_step(cfg)
         self.clock = time.perf_counter()
 
@@ -275,6 +320,7 @@ class RunLogCallback(TrainerCallback):
                 fh.write(json.dumps(row) + "\n")
         except OSError as err:
             raise G2RLError(f"cannot append to {self.log_path}: {err.strerror or err}; free disk space") from None
+        self.trackers.log_row(row)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and state.global_step == 0:
@@ -287,6 +333,9 @@ class RunLogCallback(TrainerCallback):
         step = state.global_step // self.per_step
         completions = self.cfg.prompts_per_step * self.cfg.rollouts_per_prompt
         self.write(native_row(logs, step, completions, time.perf_counter() - self.clock))
+        table = [row for row in self.completions() if row["step"] == step]
+        if table:
+            self.trackers.log_completions(step, table)
         if step % self.cfg.val_every == 0 or step == self.cfg.steps:
             self.write({**self.validate(model), "step": step})
         self.clock = time.perf_counter()
@@ -344,6 +393,7 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, restart_on_config_change: bool)
             import shutil
 
             shutil.rmtree(checkpoints)
+            remove_tracker_files(out)
             latest = None
     if latest is None:
         log_path.unlink(missing_ok=True)
@@ -366,26 +416,50 @@ def train_with_trl(cfg: TrainConfig, out: str, restart_on_config_change: bool = 
     ckpt.check_keep(cfg.keep_checkpoints)
     main_process = int(os.environ.get("RANK", "0")) == 0  # accelerate launch: one process per device
     with run_lock(out_dir) if main_process else contextlib.nullcontext():
+        trackers = Trackers()
         if main_process:
             resume = prepare_run_dir(cfg, out_dir, restart_on_config_change)
             ckpt.atomic_write_bytes(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+            trackers = open_trackers(  # rank 0 only; dvclive is rebuilt from the (truncated) log.jsonl
+                cfg.loggers,
+                out_dir,
+                run_name=f"{out_dir.name}-{cfg.method}-seed{cfg.seed}",
+                config=cfg.to_dict(),
+                history=read_log(out_dir / "log.jsonl"),
+                resume_step=resumed_step(resume, cfg),
+            )
         else:  # the other processes only read which checkpoint to resume from
             checkpoints = out_dir / ckpt.CHECKPOINTS
             resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-        model, tokenizer = load_policy(cfg.model)
-        args = grpo_config_from_profile(cfg, str(out_dir / ckpt.CHECKPOINTS), **config_overrides)
-        dataset = problems_dataset(problems, tokenizer, cfg.rollout.chat_template)
-        trainer = ExplorationGRPOTrainer(
-            model=model,
-            reward_funcs=[verifier_reward],
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            exploration=cfg,
-            callbacks=[RunLogCallback(cfg, out_dir / "log.jsonl", validation_fn(cfg, tokenizer, val_problems))],
-        )
-        trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model(str(out_dir / "final"))
-        if trainer.accelerator.is_main_process:
-            tokenizer.save_pretrained(str(out_dir / "final"))
+        try:
+            model, tokenizer = load_policy(cfg.model)
+            args = grpo_config_from_profile(cfg, str(out_dir / ckpt.CHECKPOINTS), **config_overrides)
+            dataset = problems_dataset(problems, tokenizer, cfg.rollout.chat_template)
+            run_log = RunLogCallback(
+                cfg, out_dir / "log.jsonl", validation_fn(cfg, tokenizer, val_problems), trackers=trackers
+            )
+            trainer = ExplorationGRPOTrainer(
+                model=model,
+                reward_funcs=[verifier_reward],
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                exploration=cfg,
+                callbacks=[run_log],
+            )
+            run_log.completions = lambda: trainer.completions
+            trainer.train(resume_from_checkpoint=resume)
+            trainer.save_model(str(out_dir / "final"))
+            if trainer.accelerator.is_main_process:
+                tokenizer.save_pretrained(str(out_dir / "final"))
+        finally:
+            trackers.close()
     return trainer
+
+
+def resumed_step(checkpoint: str | None, cfg: TrainConfig) -> int:
+    """The training step a TRL checkpoint was written at (0 without one)."""
+    if checkpoint is None:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] // optimizer_steps_per_step(cfg)

@@ -289,11 +289,13 @@ def format_cell(value: float, low: float, high: float) -> str:
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no extra dependency)."""
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
+    """A GitHub Markdown (pipe) table of ``frame`` without its index: ``DataFrame.to_markdown`` (tabulate).
+
+    Every cell is ``str(value)`` as the frame holds it: tabulate's number parsing is off, so a
+    formatted cell such as ``0.0`` or ``5.30`` is not rewritten (to ``0``, ``5.3``). Columns are padded
+    to a common width.
+    """
+    return frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True) + "\n"
 
 
 def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: int = 16) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from g2rl_core.errors import ConfigError
 
@@ -91,24 +92,30 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> tuple[
     return left_pad(rows, tokenizer.pad_token_id)
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
+def _pad(rows: list[list], pad: float, dtype: torch.dtype, side: str) -> tuple[Tensor, Tensor]:
+    """``rows`` as one [len(rows), longest] tensor padded on ``side`` with ``pad``, and the 0/1 mask of real entries."""
+    ids = pad_sequence(
+        [torch.as_tensor(row, dtype=dtype) for row in rows], batch_first=True, padding_value=pad, padding_side=side
+    )
+    mask = pad_sequence(
+        [torch.ones(len(row), dtype=torch.long) for row in rows], batch_first=True, padding_value=0, padding_side=side
+    )
     return ids, mask
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token ids [N, longest] left-padded with ``pad_id`` (prompts), and the attention mask."""
+    return _pad(rows, pad_id, torch.long, "left")
+
+
 def right_pad(rows: list[list], pad: float, dtype: torch.dtype = torch.long) -> tuple[Tensor, Tensor]:
-    width = max(1, max(map(len, rows)))
-    ids = torch.full((len(rows), width), pad, dtype=dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=dtype)
-        mask[i, : len(row)] = 1
+    """Values [N, max(1, longest)] right-padded with ``pad`` (responses, their log-probs), and the mask.
+
+    At least one column, so a batch of empty responses still has a response axis.
+    """
+    ids, mask = _pad(rows, pad, dtype, "right")
+    if ids.shape[1] == 0:
+        ids, mask = torch.full((len(rows), 1), pad, dtype=dtype), torch.zeros((len(rows), 1), dtype=torch.long)
     return ids, mask
 
 
