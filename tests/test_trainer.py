@@ -304,3 +304,23 @@ def test_lr_schedule_is_verls_constant_with_warmup():
     resumed = lr_schedule(optimizer(1.0), 3)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert _lrs(resumed, 3) == [2 / 3, 1.0, 1.0]
+
+
+def test_checkpointed_schedule_state_does_not_depend_on_how_its_function_is_built(tiny_base, tmp_path):
+    """A checkpoint stores the schedule's position only: the same bytes as a plain-lambda LambdaLR's state."""
+    import io
+
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=1)
+    trainer = Trainer(cfg, tmp_path)
+    reference = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
+    for _ in range(3):
+        trainer.scheduler.step()
+        reference.step()
+    saved = torch.load(trainer.save_checkpoint() / "state.pt", weights_only=True)["scheduler"]
+
+    def pickled(state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    assert pickled(saved) == pickled(reference.state_dict())

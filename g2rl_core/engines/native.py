@@ -187,9 +187,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Weights (safetensors), step/optimiser/scheduler/RNG (read back weights-only), config JSON, sha256s."""
+        # The schedule is a function of the config (lr_schedule); only its position is state. Its
+        # lambdas are stored as None, as torch stores plain functions, so a checkpoint's bytes do not
+        # depend on how that function is built.
+        scheduler = self.scheduler.state_dict() | {"lr_lambdas": [None] * len(self.scheduler.lr_lambdas)}
         state = {
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": scheduler,
             "rng": ckpt.capture_rng(),
         }
         return ckpt.save_checkpoint(
