@@ -1,21 +1,36 @@
-"""Rollouts with Hugging Face ``model.generate``: samples from the trained model in place."""
+"""Rollouts with Hugging Face transformers: samples from the trained model in place.
+
+Sampling draws exactly the tokens of ``model.generate``: on the CPU through the leaner loop of
+``g2rl_core.rollout.decode`` (tested token for token against ``generate``), elsewhere through
+``generate`` itself.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from g2rl_core.rollout.batch import RolloutBatch, encode_prompts, eos_token_ids, right_pad, truncate_at_eos
+from g2rl_core.rollout.decode import fast_loop_refusal, sample_tokens
 
 
 class TransformersRollout:
-    """Batched sampling with ``model.generate``; samples from the trained model in place."""
+    """Batched sampling from the trained model in place, ``batch_size`` sequences per model call batch."""
 
     def __init__(
-        self, model, tokenizer, *, chat_template: bool = False, batch_size: int = 256, return_logprobs: bool = False
+        self,
+        model,
+        tokenizer,
+        *,
+        chat_template: bool = False,
+        batch_size: int = 256,
+        return_logprobs: bool = False,
+        use_generate: bool = False,
     ):
-        """``return_logprobs`` keeps the sampler's [N, R, V] logits to report its log-probs (tests, debugging)."""
+        """``return_logprobs`` keeps the sampler's [N, R, V] logits to report its log-probs (tests, debugging).
+        ``use_generate`` always samples with ``model.generate``, the reference the leaner loop is tested against."""
         self.model, self.tokenizer = model, tokenizer
         self.chat_template, self.batch_size, self.return_logprobs = chat_template, batch_size, return_logprobs
+        self.use_generate = use_generate
         self.eos = eos_token_ids(tokenizer, model.config)
 
     @torch.no_grad()
@@ -32,24 +47,11 @@ class TransformersRollout:
             for start in range(0, len(expanded), self.batch_size):
                 ids = prompt_ids[start : start + self.batch_size].to(self.model.device)
                 mask = prompt_mask[start : start + self.batch_size].to(self.model.device)
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=0,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=sorted(self.eos),
-                    return_dict_in_generate=True,
-                    output_logits=self.return_logprobs,
-                )
-                new_tokens = out.sequences[:, ids.shape[1] :]
+                new_tokens, step_logits = self.sample(ids, mask, temperature, top_p, max_new_tokens)
                 for row in new_tokens.tolist():
                     responses.append(truncate_at_eos(row, self.eos))
                 if self.return_logprobs:
-                    logits = torch.stack(out.logits, dim=1).float() / temperature  # [b, R, V]
+                    logits = torch.stack(step_logits, dim=1).float() / temperature  # [b, R, V]
                     chosen = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
                     sampler_logprobs.extend(chosen.tolist())
         finally:
@@ -61,6 +63,36 @@ class TransformersRollout:
         if self.return_logprobs:
             reported = right_pad([lp[: len(r)] for lp, r in zip(sampler_logprobs, responses)], 0.0, torch.float32)[0]
         return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, texts, reported)
+
+    def sample(self, ids, mask, temperature, top_p, max_new_tokens) -> tuple[torch.Tensor, tuple | list | None]:
+        """New tokens [b, steps] of one batch (finished rows padded), and each step's raw logits if kept."""
+        pad, eos = self.tokenizer.pad_token_id, sorted(self.eos)
+        if not self.use_generate and fast_loop_refusal(self.model) is None:
+            return sample_tokens(
+                self.model,
+                ids,
+                mask,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_ids=eos,
+                keep_logits=self.return_logprobs,
+            )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            return_dict_in_generate=True,
+            output_logits=self.return_logprobs,
+        )
+        return out.sequences[:, ids.shape[1] :], out.logits
 
     def sync_weights(self, model) -> None:
         if model is not self.model:

@@ -1,0 +1,231 @@
+"""A leaner sampling loop that draws exactly the tokens Hugging Face ``model.generate`` draws.
+
+``TransformersRollout`` samples with ``sample_tokens(...)`` below where ``fast_loop_refusal(model)`` finds
+nothing against it (a causal LM on the CPU whose generation config asks for no logits processor
+beyond temperature and top-p), and with ``model.generate`` elsewhere. At the tiny profile's shapes
+a decode step is a few milliseconds of small kernels, and most of what ``generate`` adds to the
+model's own arithmetic is copying (issue 17; benchmarks/rollout_speed.py measures it):
+
+* the KV cache grows by ``torch.cat`` every step, copying the whole cache of every layer;
+* with a padding mask, grouped-query attention (Qwen3: 4 query heads, 2 key/value heads) copies the
+  cache again to repeat each key/value head (``repeat_kv``) before calling SDPA.
+
+Design choices, each made so that the sampled tokens stay bit-identical to ``generate``'s
+(transformers 5.19, ``GenerationMixin._sample`` with a ``DynamicCache``); tests/test_rollout.py
+compares the two token for token and the reported log-probs bit for bit:
+
+1. **Same model calls.** The loop calls the model itself, with the keyword arguments ``generate``
+   passes: the prefill gets the whole left-padded prompt, position ids ``cumsum(mask) - 1`` (0 on
+   padding), the 2D mask (``None`` when the batch has no padding, as ``generate`` drops an all-ones
+   mask), ``logits_to_keep=1`` and ``use_cache=True``; each decode step gets the last token, its
+   position (previous + 1) and the mask grown by a column of ones.
+2. **A KV cache written in place.** ``InPlaceKVLayer`` is a ``DynamicLayer`` that preallocates
+   room for prompt + max_new_tokens positions, writes each step's keys/values into it and hands
+   attention a view of the filled part. The values attention reads are the same as with
+   ``torch.cat``; only the memory layout of the view differs (see 3).
+3. **Grouped-query attention inside SDPA** (CPU, ``sdpa`` models only). ``gqa_sdpa_attention`` is
+   transformers' ``sdpa_attention_forward`` with ``enable_gqa=True`` also when there is a padding
+   mask, instead of materialising repeated heads. PyTorch's CPU flash-attention kernel reads the
+   key/value head of each query head by index and by stride, so the arithmetic, and every output
+   bit, is the same as on the repeated contiguous copy (tests/test_rollout.py checks the kernel
+   directly too). On other devices other kernels may be picked for other layouts, which is one
+   reason the loop is used on the CPU only.
+4. **Same sampling arithmetic on the same RNG stream.** Logits are copied to float32, divided by
+   the temperature when it is not 1.0 (``TemperatureLogitsWarper``), filtered by top-p when
+   top_p < 1 (``TopPLogitsWarper``: ascending sort, softmax, cumulative sum, drop the tokens with
+   cumulative probability <= 1 - top_p, always keep the most likely), turned into probabilities by
+   ``softmax`` and sampled by one ``torch.multinomial(probs, 1)`` over the whole batch per step, on
+   the global generator, in the same order. Finished rows still take part in that draw (their token
+   is replaced by the pad id), so the RNG consumption is the same as ``generate``'s.
+5. **Same stopping rule.** A row is finished once it has emitted one of the EOS ids; the loop ends
+   when every row is finished or after ``max_new_tokens`` steps. The result has as many columns as
+   steps were taken, finished rows padded with the pad id (the pad id is the first EOS id when the
+   tokenizer has none, as in ``generate``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+GQA_SDPA = "g2rl_gqa_sdpa"
+
+# Generation-config fields the loop honours (it is called with explicit sampling settings) or that
+# add no logits processor or stopping criterion; any other field set on the model's generation
+# config sends sampling back to ``model.generate``.
+NEUTRAL_GENERATION_FIELDS = {
+    "_from_model_config",
+    "transformers_version",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_length",
+    "max_new_tokens",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "output_scores",
+    "output_logits",
+    "return_dict_in_generate",
+}
+
+
+def gqa_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' ``sdpa_attention_forward`` with grouped-query attention done by SDPA itself.
+
+    Anything this does not cover (an attention bias, head dims SDPA's GQA does not take) goes to
+    ``sdpa_attention_forward`` unchanged.
+    """
+    if kwargs.get("position_bias") is not None or not key.shape[-1] == value.shape[-1] <= 256:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=is_causal,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GQA_SDPA, gqa_sdpa_attention)
+AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)  # the same boolean masks as "sdpa"
+
+
+class InPlaceKVLayer(DynamicLayer):
+    """A ``DynamicLayer`` that writes into preallocated room for ``capacity`` positions.
+
+    ``keys``/``values`` are views of the filled part, so everything ``DynamicLayer`` reads from them
+    (sequence length, mask sizes) holds. Only ``update`` is supported (no crop or reordering).
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            batch, heads, _, _ = key_states.shape
+            self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
+            self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+            self.filled = 0
+        start, self.filled = self.filled, self.filled + key_states.shape[-2]
+        self.key_buffer[:, :, start : self.filled] = key_states
+        self.value_buffer[:, :, start : self.filled] = value_states
+        self.keys = self.key_buffer[:, :, : self.filled]
+        self.values = self.value_buffer[:, :, : self.filled]
+        return self.keys, self.values
+
+
+def fast_loop_refusal(model) -> str | None:
+    """Why ``sample_tokens`` may not stand in for ``model.generate`` on ``model``, or None when it may."""
+    if model.device.type != "cpu":
+        return f"the model is on {model.device.type}; the loop's equality with generate is tested on the CPU"
+    if model.config.is_encoder_decoder:
+        return "an encoder-decoder model"
+    accepted = inspect.signature(model.forward).parameters
+    if "position_ids" not in accepted or "logits_to_keep" not in accepted:
+        return "the model's forward takes no position_ids or logits_to_keep"
+    extra = set(model.generation_config.to_diff_dict()) - NEUTRAL_GENERATION_FIELDS
+    if extra:
+        return f"the model's generation config sets {sorted(extra)}"
+    return None
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``TopPLogitsWarper(top_p, min_tokens_to_keep=1)``: -inf on the tokens outside the nucleus."""
+    sorted_scores, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[..., -1:] = 0  # keep the most likely token
+    remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, -float("inf"))
+
+
+@torch.no_grad()
+def sample_tokens(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    pad_token_id: int | None,
+    eos_token_ids: list[int],
+    keep_logits: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """New tokens [b, steps] for left-padded prompts, and with ``keep_logits`` each step's raw float32
+    logits [b, V] (``generate``'s ``output_logits``); the RNG is the global one, seeded by the caller.
+
+    Equivalent to ``model.generate(input_ids, attention_mask=..., do_sample=True, temperature=...,
+    top_p=..., top_k=0, max_new_tokens=..., pad_token_id=..., eos_token_id=eos_token_ids)`` with the
+    prompt columns removed; the module docstring lists what is matched and how.
+    """
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    pad = torch.tensor(eos_token_ids[0] if pad_token_id is None else pad_token_id, device=device)
+    eos = torch.tensor(eos_token_ids, device=device)
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    mask = None if bool((attention_mask == 1).all()) else attention_mask
+    cache = DynamicCache(config=model.config)
+    cache.layers = [
+        InPlaceKVLayer(prompt_length + max_new_tokens) if type(layer) is DynamicLayer else layer
+        for layer in cache.layers
+    ]
+    swap_attention = model.config._attn_implementation == "sdpa"
+    if swap_attention:
+        model.set_attn_implementation(GQA_SDPA)
+    unfinished = torch.ones(batch, dtype=torch.long, device=device)
+    step_ids, step_positions = input_ids, positions
+    tokens, logits_per_step = [], []
+    try:
+        for _ in range(max_new_tokens):
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                return_dict=True,
+            )
+            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            if keep_logits:
+                logits_per_step.append(logits)
+            scores = logits / temperature if temperature != 1.0 else logits
+            if top_p < 1.0:
+                scores = top_p_filter(scores, float(top_p))
+            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+            tokens.append(next_tokens)
+            unfinished = unfinished & ~torch.isin(next_tokens, eos)
+            if unfinished.max() == 0:
+                break
+            step_ids, step_positions = next_tokens[:, None], step_positions[:, -1:] + 1
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
+    finally:
+        if swap_attention:
+            model.set_attn_implementation("sdpa")
+    new_tokens = torch.stack(tokens, dim=1) if tokens else input_ids.new_empty((batch, 0))
+    return new_tokens, (logits_per_step if keep_logits else None)

@@ -1,0 +1,142 @@
+"""The transformers back-end's leaner sampling loop draws exactly the tokens of ``model.generate`` (issue 17).
+
+Every comparison is exact (``torch.equal``): the new tokens including the pad columns of finished
+rows, the RNG state after sampling, the decoded batch and the sampler's log-probs. The models: the
+tiny profile's base model when it is built (build/tiny/base, ``g2rl sft --profile tiny``; skipped
+otherwise; 4 query heads, 2 key/value heads) and the ``tiny_base`` fixture (2 query heads, 1
+key/value head).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_qwen3
+
+from g2rl_core.models import load_policy
+from g2rl_core.rollout import TransformersRollout, encode_prompts
+from g2rl_core.rollout.decode import fast_loop_refusal
+
+PROFILE_BASE = Path(__file__).resolve().parents[1] / "build" / "tiny" / "base"
+TASK_PROMPTS = [
+    "Compute 2+7+6+1+2.",
+    "Compute 1+5+8.",
+    "Compute 4+5+9+5+5.\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    "Compute 9+1.",
+]
+
+
+@pytest.fixture(scope="module", params=["profile_base", "tiny_base"])
+def policy(request):
+    """(model, tokenizer, prompts) of each test model."""
+    if request.param == "profile_base":
+        if not (PROFILE_BASE / "config.json").is_file():
+            pytest.skip("the tiny profile's base model is not built (g2rl sft --profile tiny --out build/tiny)")
+        model, tokenizer = load_policy(str(PROFILE_BASE))
+        train = PROFILE_BASE.parents[0] / "data" / "train.jsonl"
+        prompts = (
+            [json.loads(line)["problem"] for line in train.read_text().splitlines()[:8]] if train.is_file() else []
+        )
+        return model, tokenizer, prompts or TASK_PROMPTS
+    model, tokenizer = load_policy(str(request.getfixturevalue("tiny_base") / "base"))
+    return model, tokenizer, TASK_PROMPTS
+
+
+def both_samplers(model, tokenizer, **kwargs):
+    return TransformersRollout(model, tokenizer, use_generate=True, **kwargs), TransformersRollout(
+        model, tokenizer, **kwargs
+    )
+
+
+# (prompts taken, n, temperature, top_p, max_new_tokens, seed)
+SETTINGS = [
+    (8, 8, 1.0, 1.0, 64, 0),  # the tiny training shape
+    (8, 8, 0.8, 1.0, 64, 1),  # the validation / evaluation temperature
+    (4, 3, 1.0, 0.9, 40, 2),
+    (3, 2, 0.8, 0.9, 17, 3),
+    (1, 8, 1.0, 1.0, 30, 4),  # one prompt: no padding, the mask is dropped
+    (2, 1, 0.8, 1.0, 1, 5),  # a single new token
+    (5, 2, 1.3, 0.5, 25, 6),
+]
+
+
+@pytest.mark.parametrize("taken,n,temperature,top_p,max_new_tokens,seed", SETTINGS)
+def test_loop_draws_generates_tokens_and_rng_stream(policy, taken, n, temperature, top_p, max_new_tokens, seed):
+    """Raw new tokens per model-call batch (finished rows padded) and the RNG state afterwards."""
+    model, tokenizer, prompts = policy
+    assert fast_loop_refusal(model) is None
+    reference, loop = both_samplers(model, tokenizer)
+    expanded = [p for p in prompts[:taken] for _ in range(n)]
+    ids, mask = encode_prompts(tokenizer, expanded, False)
+    results = []
+    model.eval()
+    for sampler in (reference, loop):
+        torch.manual_seed(seed)
+        tokens, _ = sampler.sample(ids, mask, temperature, top_p, max_new_tokens)
+        results.append((tokens, torch.random.get_rng_state()))
+    (expected, expected_rng), (got, got_rng) = results
+    assert got.shape == expected.shape and torch.equal(got, expected)
+    assert torch.equal(got_rng, expected_rng)  # the same draws were consumed
+    assert model.config._attn_implementation == "sdpa"  # restored after sampling
+
+
+@pytest.mark.parametrize("batch_size", [256, 5])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.9)])
+def test_rollout_batches_and_logprobs_are_identical(policy, batch_size, temperature, top_p):
+    """Whole ``generate`` calls, over several model-call batches (batch_size 5 splits 24 rows unevenly)."""
+    model, tokenizer, prompts = policy
+    reference, loop = both_samplers(model, tokenizer, batch_size=batch_size, return_logprobs=True)
+    kwargs = dict(n=6, temperature=temperature, top_p=top_p, max_new_tokens=48, seed=11)
+    expected = reference.generate(prompts[:4], **kwargs)
+    got = loop.generate(prompts[:4], **kwargs)
+    assert torch.equal(got.response_ids, expected.response_ids)
+    assert torch.equal(got.response_mask, expected.response_mask)
+    assert got.texts == expected.texts
+    assert torch.equal(got.sampler_logprobs, expected.sampler_logprobs)
+    assert expected.response_mask.sum(1).unique().numel() > 1  # rows finish at different steps
+
+
+def test_gqa_inside_sdpa_matches_repeated_heads_bit_for_bit():
+    """The CPU kernel fact the loop relies on: SDPA with enable_gqa on views of a preallocated cache
+    gives the bits of SDPA on contiguous repeated key/value heads (decode and prefill shapes)."""
+    generator = torch.Generator().manual_seed(0)
+    for batch, query_heads, kv_heads, q_len, kv_len in [
+        (64, 4, 2, 1, 13),
+        (64, 4, 2, 1, 77),
+        (256, 4, 2, 1, 130),
+        (3, 2, 1, 1, 40),
+        (8, 4, 2, 12, 12),
+        (5, 8, 2, 1, 33),
+    ]:
+        q = torch.randn(batch, query_heads, q_len, 32, generator=generator)
+        k = torch.randn(batch, kv_heads, kv_len, 32, generator=generator)
+        v = torch.randn(batch, kv_heads, kv_len, 32, generator=generator)
+        mask = torch.rand(batch, 1, q_len, kv_len, generator=generator) > 0.3
+        mask[..., -1] = True
+        if q_len > 1:
+            mask &= torch.ones(q_len, kv_len, dtype=torch.bool).tril(kv_len - q_len)
+        groups = query_heads // kv_heads
+        repeated_k = k[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, query_heads, kv_len, 32)
+        repeated_v = v[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, query_heads, kv_len, 32)
+        expected = F.scaled_dot_product_attention(q, repeated_k, repeated_v, attn_mask=mask, scale=32**-0.5)
+        k_buffer, v_buffer = torch.zeros(batch, kv_heads, kv_len + 9, 32), torch.zeros(batch, kv_heads, kv_len + 9, 32)
+        k_buffer[:, :, :kv_len], v_buffer[:, :, :kv_len] = k, v
+        got = F.scaled_dot_product_attention(
+            q, k_buffer[:, :, :kv_len], v_buffer[:, :, :kv_len], attn_mask=mask, scale=32**-0.5, enable_gqa=True
+        )
+        assert torch.equal(got, expected), (batch, query_heads, kv_heads, q_len, kv_len)
+
+
+def test_a_generation_config_with_other_processors_goes_to_generate():
+    from g2rl_core.pipeline.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = tiny_qwen3(tie_word_embeddings=False, vocab_size=len(tokenizer))
+    assert fast_loop_refusal(model) is None
+    model.generation_config.repetition_penalty = 1.2
+    assert "repetition_penalty" in fast_loop_refusal(model)
+    reference, loop = both_samplers(model, tokenizer)
+    kwargs = dict(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
+    assert loop.generate(TASK_PROMPTS[:2], **kwargs).texts == reference.generate(TASK_PROMPTS[:2], **kwargs).texts
