@@ -168,3 +168,16 @@ def test_to_markdown_is_a_pipe_table_that_keeps_every_cell_as_written():
     assert cells[2:] == [["GRPO", "5.30 [4.0, 6.1]", "0.0", "3", "6.32"], ["G2RL", "0.0", "1e-05", "12", "nan"]]
     assert all(line.startswith("| ") and line.endswith(" |") for i, line in enumerate(lines) if i != 1)
     assert to_markdown(frame).endswith(" |\n") and len({len(line) for line in lines}) == 1  # padded columns
+
+
+def test_to_markdown_leaves_out_columns_that_are_the_same_in_every_row_and_says_so():
+    from g2rl_core.pipeline.report import to_markdown
+
+    frame = pd.DataFrame({"method": ["GRPO", "G2RL"], "AIME25 pass@1": ["0.0 [0.0, 0.0]"] * 2, "seeds": [3, 3]})
+    frame["MATH500 pass@1"] = ["44.7 [40.6, 48.6]", "41.6 [37.7, 45.3]"]
+    text = to_markdown(frame)
+    header = text.splitlines()[0]
+    assert "MATH500 pass@1" in header and "AIME25" not in header and "seeds" not in header
+    assert "The same in every row, so not shown: AIME25 pass@1 = 0.0 [0.0, 0.0]; seeds = 3." in text
+    one_row = to_markdown(frame.iloc[:1])  # a single row: nothing is "the same in every row"
+    assert "AIME25 pass@1" in one_row.splitlines()[0] and "not shown" not in one_row

@@ -294,8 +294,17 @@ def to_markdown(frame: pd.DataFrame) -> str:
     Every cell is ``str(value)`` as the frame holds it: tabulate's number parsing is off, so a
     formatted cell such as ``0.0`` or ``5.30`` is not rewritten (to ``0``, ``5.3``). Columns are padded
     to a common width.
+
+    A column whose cells are the same in every row (of two or more) is left out and named under the
+    table with its value, e.g. a benchmark no method ever solves; the CSV beside the table keeps it.
+    The first column (the row labels) always stays.
     """
-    return frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True) + "\n"
+    constant = [c for c in frame.columns[1:] if len(frame) > 1 and frame[c].map(str).nunique(dropna=False) == 1]
+    markdown = frame.drop(columns=constant).to_markdown(index=False, tablefmt="pipe", disable_numparse=True) + "\n"
+    if constant:
+        same = "; ".join(f"{c} = {frame[c].iloc[0]}" for c in constant)
+        markdown += f"\nThe same in every row, so not shown: {same}.\n"
+    return markdown
 
 
 def table1(samples: pd.DataFrame, benchmarks: Sequence[str], profile: str, k: int = 16) -> pd.DataFrame:
@@ -370,18 +379,22 @@ def figure2(logs: pd.DataFrame, methods: Sequence[str], val_key: str, smooth: in
         train[column] = train.groupby(["method", "seed"])[column].transform(
             lambda s: s.rolling(smooth, min_periods=1, center=True).mean()
         )
+    val = val.assign(**{val_key: 100 * val[val_key]})  # percent, as in the tables
     band_plot(axes[0], val, "step", val_key, methods)
     band_plot(axes[1], train, "step", "response_length_mean", methods)
     band_plot(axes[2], train, "step", "entropy_mean", methods)
     axes[0].set(
         xlabel="training step",
-        ylabel=f"validation {val_key.replace('val_mean_at_', 'mean@')} accuracy",
+        ylabel=f"validation {val_key.replace('val_mean_at_', 'mean@')} accuracy (%)",
         title="Validation accuracy",
     )
     axes[1].set(xlabel="training step", ylabel="mean response length (tokens)", title="Response length")
     axes[2].set(xlabel="training step", ylabel="policy entropy (nats / token)", title="Entropy")
-    axes[0].legend(loc="best")
-    fig.tight_layout()
+    seeds = logs.groupby("method")["seed"].nunique().max()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"lines: mean over {seeds} seeds; bands: +-1 s.d. over seeds", fontsize=9, y=0.99)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))  # room for the legend below the panels, never over data
     return fig
 
 
@@ -409,7 +422,19 @@ def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
         axes[2].scatter([i] * len(values), values, color="black", s=12, zorder=3)
     axes[2].set_xticks(range(len(present)), [method_label(m) for m in present])
     axes[2].set(ylabel="negative Phi-cosine pairs (%)", title="Opposing directions (bars: mean, dots: seeds)")
-    fig.tight_layout()
+    # the paper's values (Figure 3; it does not name the model size) as black diamonds
+    marks = [
+        (axes[0], "phi_cos_mean", 1, 1),
+        (axes[1], "semantic_cos_mean", 1, 1),
+        (axes[2], "negative_pair_share", 0, 100),
+    ]
+    for ax, key, first, scale in marks:
+        for i, m in enumerate(present):
+            if m in PAPER_FIG3[key]:
+                ax.scatter(i + first, scale * PAPER_FIG3[key][m], marker="D", color="black", s=28, zorder=4)
+    paper = plt.Line2D([], [], marker="D", color="black", linestyle="none", label="the paper's value (Figure 3)")
+    fig.legend(handles=[paper], loc="lower center", bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
