@@ -118,7 +118,13 @@ PAPER_FIG3 = {
     "negative_pair_share": {"grpo": 0.0591, "evol": 0.189, "g2rl": 0.2809},
     "semantic_cos_mean": {"grpo": 0.738, "g2rl": 0.769},
 }
-PAPER_MODEL_FOR_PROFILE = {"tiny": "Qwen3-1.7B-Base", "paper-1_7b": "Qwen3-1.7B-Base", "paper-4b": "Qwen3-4B-Base"}
+# the paper's numbers each profile's tables stand beside (paper-smoke: paper-1_7b at toy size)
+PAPER_MODEL_FOR_PROFILE = {
+    "tiny": "Qwen3-1.7B-Base",
+    "paper-1_7b": "Qwen3-1.7B-Base",
+    "paper-4b": "Qwen3-4B-Base",
+    "paper-smoke": "Qwen3-1.7B-Base",
+}
 
 
 def style() -> None:
@@ -281,7 +287,8 @@ def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: 
                     "problems": len(problems),
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["method", "benchmark", "metric", "value", "ci_low", "ci_high", "seeds", "problems"]
+    return pd.DataFrame(rows, columns=columns)  # the columns even when no metric can be computed
 
 
 def format_cell(value: float, low: float, high: float) -> str:
