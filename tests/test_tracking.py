@@ -142,15 +142,27 @@ def test_native_engine_sends_every_log_row_to_dvclive_and_a_resume_rebuilds_it(t
         assert json.loads((killed / "dvclive" / "completions" / name).read_text()) == table
 
 
-def test_native_engine_logs_to_trackio_offline(tiny_base, tmp_path):
+TRAIN_CALLS = {  # how each engine trains a profile's config into a run directory
+    "native": ("from g2rl_core.engines.native import Trainer", "Trainer(cfg, {out!r}).train()"),
+    "trl": ("from g2rl_core.engines.trl import train_with_trl", "train_with_trl(cfg, {out!r})"),
+}
+
+
+@pytest.mark.parametrize("engine", ["native", "trl"])
+def test_engine_logs_every_row_once_to_trackio_offline(engine, tiny_base, tmp_path):
+    """grpo, 2 steps: every log.jsonl row reaches trackio once per step with its value, a completions
+    table per training step, none of TRL's own column names, and no dvclive folder."""
+    if engine == "trl":
+        pytest.importorskip("trl")
     pytest.importorskip("trackio")
+    imports, call = TRAIN_CALLS[engine]
     script = textwrap.dedent(
         f"""
         from g2rl_core.config import load_profile
-        from g2rl_core.engines.native import Trainer
+        {imports}
         profile = load_profile("tiny", {str(tiny_base / "params.yaml")!r})
         cfg = profile.train_config("grpo", 0, steps=2, val_every=2, checkpoint_every=2, loggers=["trackio"])
-        Trainer(cfg, {str(tmp_path / "run")!r}).train()
+        {call.format(out=str(tmp_path / "run"))}
         from trackio.sqlite_storage import SQLiteStorage
         import json
         print("LOGS", json.dumps(SQLiteStorage.get_logs("g2rl", "run-grpo-seed0"), default=str))
@@ -161,11 +173,14 @@ def test_native_engine_logs_to_trackio_offline(tiny_base, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     logs = json.loads(done.stdout.split("LOGS ", 1)[1])
     rows = read_log(tmp_path / "run" / "log.jsonl")
+    assert [(r["kind"], r["step"]) for r in rows] == [("val", 0), ("train", 1), ("train", 2), ("val", 2)]
     for row in rows:
         logged = [entry for entry in logs if entry.get("step") == row["step"]]
         for key, value in row.items():
             if key not in ("kind", "step"):
-                assert any(entry.get(f"{row['kind']}/{key}") == pytest.approx(value) for entry in logged), key
+                hits = [entry[f"{row['kind']}/{key}"] for entry in logged if f"{row['kind']}/{key}" in entry]
+                assert hits == [pytest.approx(value)], key  # once, with log.jsonl's value
+    assert not any(key.startswith(("rewards/", "train/reward_std")) for entry in logs for key in entry)  # not TRL's
     tables = [entry for entry in logs if "completions" in entry]
     assert sorted(entry["step"] for entry in tables) == [1, 2]
     assert (tmp_path / "trackio").is_dir() and not (tmp_path / "run" / "dvclive").exists()
@@ -219,37 +234,3 @@ def test_trl_engine_sends_every_log_row_to_dvclive(tiny_base, tmp_path):
         train_row = next(r for r in rows if r["kind"] == "train" and r["step"] == step)
         assert sum(r["reward"] for r in table) / len(table) == pytest.approx(train_row["reward_mean"])
     assert not (REPO / "dvclive").exists()  # nothing written next to the repository's dvc.yaml
-
-
-def test_trl_engine_logs_to_trackio_offline(tiny_base, tmp_path):
-    """grpo through TRL: every log row reaches trackio once per step; the table has no nu (TRL computes no Phi)."""
-    pytest.importorskip("trl")
-    pytest.importorskip("trackio")
-    script = textwrap.dedent(
-        f"""
-        from g2rl_core.config import load_profile
-        from g2rl_core.engines.trl import train_with_trl
-        profile = load_profile("tiny", {str(tiny_base / "params.yaml")!r})
-        cfg = profile.train_config("grpo", 0, steps=2, val_every=2, checkpoint_every=2, loggers=["trackio"])
-        train_with_trl(cfg, {str(tmp_path / "run")!r})
-        from trackio.sqlite_storage import SQLiteStorage
-        import json
-        print("LOGS", json.dumps(SQLiteStorage.get_logs("g2rl", "run-grpo-seed0"), default=str))
-        """
-    )
-    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    logs = json.loads(done.stdout.split("LOGS ", 1)[1])
-    rows = read_log(tmp_path / "run" / "log.jsonl")
-    assert [(r["kind"], r["step"]) for r in rows] == [("val", 0), ("train", 1), ("train", 2), ("val", 2)]
-    for row in rows:
-        logged = [entry for entry in logs if entry.get("step") == row["step"]]
-        for key, value in row.items():
-            if key not in ("kind", "step"):
-                hits = [entry[f"{row['kind']}/{key}"] for entry in logged if f"{row['kind']}/{key}" in entry]
-                assert hits == [pytest.approx(value)], key  # once, with log.jsonl's value
-    assert not any(key.startswith(("rewards/", "train/reward_std")) for entry in logs for key in entry)  # not TRL's
-    tables = [entry for entry in logs if "completions" in entry]
-    assert sorted(entry["step"] for entry in tables) == [1, 2]
-    assert not (tmp_path / "run" / "dvclive").exists()
