@@ -26,6 +26,7 @@ import json
 import resource
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,19 +36,11 @@ from g2rl_core.engines import native
 from g2rl_core.engines.native import Trainer, trimmed_rows
 from g2rl_core.maths.features import lm_head_parameters, response_hidden_states, token_logprobs_and_entropy
 from g2rl_core.maths.shaping import ShapingConfig
+from g2rl_core.plan import KNOWN_SHAPES
 
+#: Qwen3-1.7B-Base's config: g2rl plan's known shape plus the fields the plan does not need.
 QWEN3_1_7B = dict(
-    vocab_size=151936,
-    hidden_size=2048,
-    intermediate_size=6144,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=40960,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
+    asdict(KNOWN_SHAPES["Qwen/Qwen3-1.7B-Base"]), max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6
 )
 TINY = dict(QWEN3_1_7B, vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)  # fmt: skip

@@ -7,7 +7,7 @@ its per-optimiser-step ``step_time`` over the optimiser steps that share one gen
 The first --warmup steps are not counted. The TRL g2rl/grpo ratio is the cost of the extra
 no-grad decoder pass that computes Phi (TRL makes no old-policy pass in this setting).
 
-    python benchmarks/trl_step.py --steps 12
+    python benchmarks/trl_step.py --steps 12 --rounds 2
 """
 
 from __future__ import annotations
@@ -44,23 +44,33 @@ def main() -> None:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order rotated each round)")
     args = parser.parse_args()
     profile = load_profile(args.profile, args.params)
-    medians = {}
-    for method in ["grpo", "g2rl"]:
-        cfg = profile.train_config(method, 0, steps=args.steps, val_every=10**6, checkpoint_every=10**6)
-        medians[("ours", method)] = statistics.median(native_step_times(cfg)[args.warmup :])
-        medians[("trl", method)] = statistics.median(trl_step_times(cfg)[args.warmup :])
+    runs = [("ours", "grpo"), ("trl", "grpo"), ("ours", "g2rl"), ("trl", "g2rl")]
+    steps: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    per_round: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    for r in range(args.rounds):
+        for engine, method in runs[r % len(runs) :] + runs[: r % len(runs)]:
+            cfg = profile.train_config(method, 0, steps=args.steps, val_every=10**6, checkpoint_every=10**6)
+            times = (native_step_times if engine == "ours" else trl_step_times)(cfg)[args.warmup :]
+            steps[(engine, method)] += times
+            per_round[(engine, method)].append(statistics.median(times))
+    medians = {run: statistics.median(values) for run, values in steps.items()}
     print(
-        f"profile {args.profile}, {args.steps} steps ({args.warmup} warm-up not counted), "
-        "median seconds per training step"
+        f"profile {args.profile}, {args.rounds} interleaved rounds x {args.steps} steps "
+        f"({args.warmup} warm-up per run not counted), median seconds per training step"
     )
     print(f"{'engine':8s} {'grpo':>8s} {'g2rl':>8s} {'g2rl/grpo':>10s}")
     for engine in ["ours", "trl"]:
         grpo, g2rl = medians[(engine, "grpo")], medians[(engine, "g2rl")]
         print(f"{engine:8s} {grpo:8.3f} {g2rl:8.3f} {g2rl / grpo:10.3f}")
     for method in ["grpo", "g2rl"]:
-        print(f"trl/ours ({method}) = {medians[('trl', method)] / medians[('ours', method)]:.3f}")
+        ratios = [o / t for o, t in zip(per_round[("ours", method)], per_round[("trl", method)])]
+        print(
+            f"ours/trl ({method}) = {medians[('ours', method)] / medians[('trl', method)]:.3f} "
+            f"(per round: {', '.join(f'{x:.3f}' for x in ratios)})" + ("; target <= 0.8" if method == "grpo" else "")
+        )
 
 
 if __name__ == "__main__":

@@ -493,6 +493,14 @@ def significance_summary(folder: Path) -> list[str]:
                 f"- {row.method} vs {row.baseline}, {row.benchmark} {row.metric}: "
                 f"{row.difference:+.1f} points [{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
             )
+        # Multiplicity: each 95% interval misses a true difference of 0 about 5% of the time. Intervals of
+        # width 0 (every sample right, or every sample wrong, for both methods) cannot.
+        informative = int((diffs.ci_high > diffs.ci_low).sum())
+        parts.append(
+            f"\nMany comparisons: {informative} of the {len(diffs)} intervals have a non-zero width, and with no true "
+            f"difference from GRPO about {0.05 * informative:.1f} of them would exclude 0 by chance alone (5% each), "
+            "so a lone difference that excludes 0 is weak evidence by itself."
+        )
         parts.append("")
     geometry = folder / "fig3_geometry.csv"
     if geometry.exists():
