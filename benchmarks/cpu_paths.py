@@ -13,7 +13,9 @@ each run is a fresh process. Variants:
 
 A run trains the tiny profile's GRPO for --steps steps (lr 1e-12, so every variant samples the same
 kind of rollouts) and reports its median step time after --warmup steps, and a hash of its log's
-losses, so the table also says whether the variant changes the numbers. Rounds run the variants
+losses, so the table also says whether the variant changes the numbers. A variant that changes the
+numbers may also sample responses of other lengths: tokens/s (response tokens per second of step)
+is printed beside the step time for that reason. Rounds run the variants
 interleaved in a rotated order; a ratio is the median over rounds of the within-round ratio to
 pinned.
 
@@ -32,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from g2rl_core.provenance import PINNED_CPU_ENV
+from g2rl_core.provenance import PINNED_CPU_ENV, can_pin
 
 VARIANTS = {
     "pinned": dict(PINNED_CPU_ENV),
@@ -58,6 +60,7 @@ def child(profile_name: str, params: str, steps: int, warmup: int) -> None:
         json.dumps(
             {
                 "median_step_s": statistics.median(r["step_time_s"] for r in train[warmup:]),
+                "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train[warmup:]),
                 "losses_sha": hashlib.sha256(losses).hexdigest()[:12],
             }
         )
@@ -77,6 +80,8 @@ def main() -> None:
     if args.child:
         child(args.profile, args.params, args.steps, args.warmup)
         return
+    if not can_pin():
+        sys.exit("cpu_paths.py: this CPU has no AVX2/FMA (or is not x86-64): the pinned paths cannot be set")
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     for r in range(args.rounds):
         order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
@@ -84,17 +89,20 @@ def main() -> None:
             env = {k: v for k, v in os.environ.items() if k not in PINNED_CPU_ENV} | VARIANTS[variant]
             cmd = [sys.executable, __file__, "--child", "--profile", args.profile, "--params", args.params]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"cpu_paths.py: the {variant} run failed:\n{done.stderr[-3000:]}")
             results[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"round {r}: {variant:10s} {results[variant][-1]['median_step_s']:.3f} s", flush=True)
     base = args.variants[0]
     print(f"\nprofile {args.profile}, grpo, {args.rounds} rounds x {args.steps} steps, {args.warmup} warm-up")
-    print(f"{'variant':10s} {'median step s':>14s} {'ratio to ' + base:>18s}  losses")
+    print(f"{'variant':10s} {'median step s':>14s} {'ratio to ' + base:>18s} {'tokens/s':>9s}  losses")
     for variant, runs in results.items():
         ratio = statistics.median(run["median_step_s"] / b["median_step_s"] for run, b in zip(runs, results[base]))
         median = statistics.median(run["median_step_s"] for run in runs)
+        tokens = statistics.median(run["median_tokens_per_s"] for run in runs)
         hashes = sorted({run["losses_sha"] for run in runs})
-        print(f"{variant:10s} {median:14.3f} {ratio:18.3f}  {', '.join(hashes)}")
+        print(f"{variant:10s} {median:14.3f} {ratio:18.3f} {tokens:9.0f}  {', '.join(hashes)}")
 
 
 if __name__ == "__main__":

@@ -184,18 +184,19 @@ def test_to_markdown_leaves_out_columns_that_are_the_same_in_every_row_and_says_
 
 
 def test_significance_summary_lists_what_excludes_zero_and_what_chance_gives(tmp_path):
-    """2 of 4 differences exclude 0; 3 intervals have width (one is 0.0 [0.0, 0.0]): 0.15, printed 0.2, by chance."""
+    """2 of 5 differences exclude 0; 4 intervals have width (one is 0.0 [0.0, 0.0]): 4 x 5% = 0.2 by chance."""
     rows = [
         ("G2RL", "GRPO", "MATH500", "pass@1", -3.1, -6.2, -0.1, True),
         ("EVOL-RL", "GRPO", "MATH500", "pass@1", 2.0, 0.5, 3.5, True),
         ("Entropy Bonus", "GRPO", "MATH500", "pass@1", 1.0, -1.0, 3.0, False),
+        ("Entropy Bonus", "GRPO", "AMC", "pass@1", -1.0, -2.0, 1.0, False),
         ("G2RL", "GRPO", "AIME25", "pass@1", 0.0, 0.0, 0.0, False),
     ]
     columns = ["method", "baseline", "benchmark", "metric", "difference", "ci_low", "ci_high", "significant"]
     pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "table1_main_results_vs_grpo.csv", index=False)
     text = "\n".join(significance_summary(tmp_path))
-    assert "2 of 4 differences have a 95% interval that excludes 0:" in text
+    assert "2 of 5 differences have a 95% interval that excludes 0:" in text
     assert "- G2RL vs GRPO, MATH500 pass@1: -3.1 points [-6.2, -0.1]" in text
     assert "- EVOL-RL vs GRPO, MATH500 pass@1: +2.0 points [+0.5, +3.5]" in text
     assert "Entropy Bonus" not in text
-    assert "3 of the 4 intervals have a non-zero width" in text and "about 0.2 of them" in text
+    assert "4 of the 5 intervals have a non-zero width" in text and "about 0.2 of them" in text
