@@ -17,7 +17,13 @@ from conftest import tiny_qwen3
 
 from g2rl_core.models import load_policy
 from g2rl_core.rollout import TransformersRollout, encode_prompts
-from g2rl_core.rollout.decode import fast_loop_refusal
+from g2rl_core.rollout.decode import (
+    GQA_SDPA,
+    InPlaceKVLayer,
+    Qwen3DecodeStep,
+    direct_step_refusal,
+    fast_loop_refusal,
+)
 
 PROFILE_BASE = Path(__file__).resolve().parents[1] / "build" / "tiny" / "base"
 TASK_PROMPTS = [
@@ -67,6 +73,7 @@ def test_loop_draws_generates_tokens_and_rng_stream(policy, taken, n, temperatur
     """Raw new tokens per model-call batch (finished rows padded) and the RNG state afterwards."""
     model, tokenizer, prompts = policy
     assert fast_loop_refusal(model) is None
+    assert direct_step_refusal(model) is None  # decode steps run Qwen3DecodeStep
     reference, loop = both_samplers(model, tokenizer)
     expanded = [p for p in prompts[:taken] for _ in range(n)]
     ids, mask = encode_prompts(tokenizer, expanded, False)
@@ -140,3 +147,107 @@ def test_a_generation_config_with_other_processors_goes_to_generate():
     reference, loop = both_samplers(model, tokenizer)
     kwargs = dict(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
     assert loop.generate(TASK_PROMPTS[:2], **kwargs).texts == reference.generate(TASK_PROMPTS[:2], **kwargs).texts
+
+
+def decode_logits(model, ids, mask, feed, direct: bool) -> list[torch.Tensor]:
+    """Logits [b, V] of the prefill and of each decode step that feeds ``feed[:, i]``, through the model
+    call or through ``Qwen3DecodeStep`` (same prefill, same in-place cache layout, same attention)."""
+    from transformers import DynamicCache
+
+    batch, width = ids.shape
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    padded = not bool(mask.all())
+    cache = DynamicCache(config=model.config)
+    cache.layers = [InPlaceKVLayer(width + feed.shape[1]) for _ in cache.layers]
+    model.set_attn_implementation(GQA_SDPA)
+    try:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask if padded else None,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits, grown, step_positions = [out.logits[:, -1]], mask, positions[:, -1:]
+        for i in range(feed.shape[1]):
+            step_positions = step_positions + 1
+            grown = torch.cat([grown, grown.new_ones((batch, 1))], dim=-1)
+            if direct:
+                bool_mask = grown.bool()[:, None, None, :] if padded else None
+                logits.append(Qwen3DecodeStep(model)(feed[:, i : i + 1], step_positions, bool_mask, cache))
+            else:
+                logits.append(
+                    model(
+                        input_ids=feed[:, i : i + 1],
+                        attention_mask=grown if padded else None,
+                        position_ids=step_positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    ).logits[:, -1]
+                )
+    finally:
+        model.set_attn_implementation("sdpa")
+    return logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padded", [True, False])
+def test_direct_decode_step_gives_the_model_calls_logits_bit_for_bit(policy, dtype, padded):
+    """Point 6 of rollout.decode: every decode step's logits equal the model call's exactly."""
+    model, tokenizer, prompts = policy
+    model = copy_in(model, dtype)
+    ids, mask = encode_prompts(tokenizer, prompts[:4] if padded else prompts[:1] * 3, False)
+    assert bool(mask.all()) != padded
+    feed = torch.randint(0, model.config.vocab_size, (ids.shape[0], 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = decode_logits(model, ids, mask, feed, direct=False)
+        got = decode_logits(model, ids, mask, feed, direct=True)
+    assert len(got) == len(expected) == 13
+    for step, (a, b) in enumerate(zip(got, expected)):
+        assert a.dtype == b.dtype == dtype and torch.equal(a, b), step
+
+
+def copy_in(model, dtype):
+    import copy
+
+    return copy.deepcopy(model).to(dtype).eval()
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        (dict(attention_bias=True), "biases"),
+        (
+            dict(layer_types=["full_attention", "sliding_attention"], sliding_window=4, use_sliding_window=True),
+            "sliding",
+        ),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rotary"),
+    ],
+)
+def test_other_qwen3_configurations_decode_through_the_model_call(change, reason):
+    """A configuration the direct step does not cover is refused, and the loop still draws generate's tokens."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from g2rl_core.pipeline.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    base = tiny_qwen3(tie_word_embeddings=True, vocab_size=len(tokenizer)).config.to_dict() | change
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**base)).eval()
+    assert reason in direct_step_refusal(model)
+    assert fast_loop_refusal(model) is None
+    reference, loop = both_samplers(model, tokenizer)
+    kwargs = dict(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
+    assert torch.equal(
+        loop.generate(TASK_PROMPTS[:2], **kwargs).response_ids,
+        reference.generate(TASK_PROMPTS[:2], **kwargs).response_ids,
+    )
+
+
+def test_eager_attention_is_refused_by_the_direct_step(tiny_base):
+    model, _ = load_policy(str(tiny_base / "base"))
+    assert direct_step_refusal(model) is None
+    model.set_attn_implementation("eager")
+    assert "attention implementation" in direct_step_refusal(model)

@@ -41,6 +41,18 @@ compares the two token for token and the reported log-probs bit for bit:
    when every row is finished or after ``max_new_tokens`` steps. The result has as many columns as
    steps were taken, finished rows padded with the pad id (the pad id is the first EOS id when the
    tokenizer has none, as in ``generate``).
+6. **Decode steps without the module calls** (Qwen3 only). After the prefill, which always goes
+   through the model, a decode step of a ``Qwen3ForCausalLM`` is ``Qwen3DecodeStep``: the same
+   tensor operations in the same order as the model's forward in transformers 5.19 (embedding,
+   per layer RMSNorm, q/k/v projections, q/k RMSNorm, rotary embedding, the in-place cache, SDPA as
+   in 3, o projection, RMSNorm, SiLU MLP; final RMSNorm, LM head on the last position), on the
+   model's own parameters, with the padding mask built once per batch instead of once per step.
+   At one new token per row the model's arithmetic is a few dozen small kernels, and the Python
+   around them (module calls, keyword plumbing, mask construction) was about a quarter of a decode
+   step. tests/test_rollout.py compares its logits with the model's bit for bit at every step and
+   the tokens with ``generate``'s; ``direct_step_refusal`` sends any other architecture or
+   configuration (biases, other rotary types, sliding windows, other attention implementations)
+   through the model call.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache, Qwen3ForCausalLM
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
@@ -151,6 +163,89 @@ def fast_loop_refusal(model) -> str | None:
     return None
 
 
+def direct_step_refusal(model) -> str | None:
+    """Why ``Qwen3DecodeStep`` may not stand in for the model's own decode call, or None when it may."""
+    if type(model) is not Qwen3ForCausalLM:
+        return f"{type(model).__name__} is not Qwen3ForCausalLM"
+    config, layers = model.config, model.model.layers
+    if model.config._attn_implementation not in ("sdpa", GQA_SDPA):
+        return f"attention implementation {model.config._attn_implementation!r}"
+    if config.attention_bias or model.lm_head.bias is not None:
+        return "biases in the attention or the LM head"
+    if any(kind != "full_attention" for kind in config.layer_types):
+        return "sliding-window layers"
+    if config.rope_parameters.get("rope_type", "default") != "default":
+        return f"rotary type {config.rope_parameters['rope_type']!r}"
+    if config.hidden_act != "silu" or any(layer.mlp.gate_proj.bias is not None for layer in layers):
+        return "another MLP"
+    if config.head_dim > 256:
+        return "head_dim above 256"
+    return None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``Qwen3RMSNorm.forward``: normalise in float32, cast back, then scale."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    x = x * torch.rsqrt(variance + eps)
+    return weight * x.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Qwen3DecodeStep:
+    """One decode step (one new token per row) of a ``Qwen3ForCausalLM``, without its module calls.
+
+    The operations of the model's forward (transformers 5.19, module docstring point 6) on the
+    model's parameters, read at call time, so the step always sees the current weights. Returns
+    the last position's logits [b, V] in the model's dtype; the cache's layers are updated as the
+    model call would update them.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.eps = model.config.rms_norm_eps
+        self.head_dim = model.config.head_dim
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache) -> torch.Tensor:
+        """``ids``, ``positions`` [b, 1]; ``mask`` None or the boolean padding mask [b, 1, 1, kv] of SDPA."""
+        decoder, eps, head_dim = self.model.model, self.eps, self.head_dim
+        x = F.embedding(ids, decoder.embed_tokens.weight)
+        rotary = decoder.rotary_emb
+        freqs = positions[..., None].float() * rotary.inv_freq.to(device=x.device, dtype=torch.float)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos = (angles.cos() * rotary.attention_scaling).to(x.dtype).unsqueeze(1)
+        sin = (angles.sin() * rotary.attention_scaling).to(x.dtype).unsqueeze(1)
+        batch = x.shape[0]
+        for index, layer in enumerate(decoder.layers):
+            attention, mlp = layer.self_attn, layer.mlp
+            residual = x
+            h = rms_norm(x, layer.input_layernorm.weight, eps)
+            shape = (batch, 1, -1, head_dim)
+            q = rms_norm(F.linear(h, attention.q_proj.weight).view(shape), attention.q_norm.weight, eps).transpose(1, 2)
+            k = rms_norm(F.linear(h, attention.k_proj.weight).view(shape), attention.k_norm.weight, eps).transpose(1, 2)
+            v = F.linear(h, attention.v_proj.weight).view(shape).transpose(1, 2)
+            q = (q * cos) + (rotate_half(q) * sin)
+            k = (k * cos) + (rotate_half(k) * sin)
+            k, v = cache.layers[index].update(k, v)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=attention.scaling, enable_gqa=k.shape[1] != q.shape[1]
+            )
+            out = out.transpose(1, 2).contiguous().reshape(batch, 1, -1).contiguous()
+            x = residual + F.linear(out, attention.o_proj.weight)
+            residual = x
+            h = rms_norm(x, layer.post_attention_layernorm.weight, eps)
+            gate, up = F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight)
+            x = residual + F.linear(F.silu(gate) * up, mlp.down_proj.weight)
+        x = rms_norm(x, decoder.norm.weight, eps)
+        return F.linear(x[:, -1:], self.model.lm_head.weight)[:, -1]
+
+
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """``TopPLogitsWarper(top_p, min_tokens_to_keep=1)``: -inf on the tokens outside the nucleus."""
     sorted_scores, sorted_indices = torch.sort(scores, descending=False)
@@ -195,21 +290,30 @@ def sample_tokens(
     swap_attention = model.config._attn_implementation == "sdpa"
     if swap_attention:
         model.set_attn_implementation(GQA_SDPA)
+    direct = Qwen3DecodeStep(model) if direct_step_refusal(model) is None else None
+    # SDPA's boolean padding mask for every decode step: the prompt's mask, then the new columns (point 6)
+    padding = None
+    if direct is not None and mask is not None:
+        padding = torch.cat([mask.bool(), mask.new_ones((batch, max_new_tokens), dtype=torch.bool)], dim=-1)
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     step_ids, step_positions = input_ids, positions
     tokens, logits_per_step = [], []
     try:
-        for _ in range(max_new_tokens):
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=step_positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                return_dict=True,
-            )
-            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        for step in range(max_new_tokens):
+            if step and direct is not None:
+                step_mask = None if padding is None else padding[:, None, None, : prompt_length + step]
+                raw = direct(step_ids, step_positions, step_mask, cache)
+            else:
+                raw = model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    return_dict=True,
+                ).logits[:, -1]
+            logits = raw.to(copy=True, dtype=torch.float32)
             if keep_logits:
                 logits_per_step.append(logits)
             scores = logits / temperature if temperature != 1.0 else logits
@@ -222,7 +326,7 @@ def sample_tokens(
             if unfinished.max() == 0:
                 break
             step_ids, step_positions = next_tokens[:, None], step_positions[:, -1:] + 1
-            if mask is not None:
+            if mask is not None and direct is None:
                 mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
     finally:
         if swap_attention:
