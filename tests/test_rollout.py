@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from conftest import tiny_qwen3
 
 from g2rl_core.models import load_policy
@@ -20,9 +21,9 @@ from g2rl_core.rollout import TransformersRollout, encode_prompts
 from g2rl_core.rollout.decode import (
     GQA_SDPA,
     InPlaceKVLayer,
-    Qwen3DecodeStep,
     direct_step_refusal,
     fast_loop_refusal,
+    qwen3_decode_step,
 )
 
 PROFILE_BASE = Path(__file__).resolve().parents[1] / "build" / "tiny" / "base"
@@ -73,7 +74,7 @@ def test_loop_draws_generates_tokens_and_rng_stream(policy, taken, n, temperatur
     """Raw new tokens per model-call batch (finished rows padded) and the RNG state afterwards."""
     model, tokenizer, prompts = policy
     assert fast_loop_refusal(model) is None
-    assert direct_step_refusal(model) is None  # decode steps run Qwen3DecodeStep
+    assert direct_step_refusal(model) is None  # decode steps run qwen3_decode_step
     reference, loop = both_samplers(model, tokenizer)
     expanded = [p for p in prompts[:taken] for _ in range(n)]
     ids, mask = encode_prompts(tokenizer, expanded, False)
@@ -151,7 +152,7 @@ def test_a_generation_config_with_other_processors_goes_to_generate():
 
 def decode_logits(model, ids, mask, feed, direct: bool) -> list[torch.Tensor]:
     """Logits [b, V] of the prefill and of each decode step that feeds ``feed[:, i]``, through the model
-    call or through ``Qwen3DecodeStep`` (same prefill, same in-place cache layout, same attention)."""
+    call or through ``qwen3_decode_step`` (same prefill, same in-place cache layout, same attention)."""
     from transformers import DynamicCache
 
     batch, width = ids.shape
@@ -175,7 +176,7 @@ def decode_logits(model, ids, mask, feed, direct: bool) -> list[torch.Tensor]:
             grown = torch.cat([grown, grown.new_ones((batch, 1))], dim=-1)
             if direct:
                 bool_mask = grown.bool()[:, None, None, :] if padded else None
-                logits.append(Qwen3DecodeStep(model)(feed[:, i : i + 1], step_positions, bool_mask, cache))
+                logits.append(qwen3_decode_step(model, feed[:, i : i + 1], step_positions, bool_mask, cache))
             else:
                 logits.append(
                     model(
@@ -192,12 +193,41 @@ def decode_logits(model, ids, mask, feed, direct: bool) -> list[torch.Tensor]:
     return logits
 
 
+def odd_qwen3():
+    """A random Qwen3 whose settings differ from the config defaults the step could wrongly assume:
+    head_dim 16 with hidden size 32 and 4 heads (not hidden / heads), rms_norm_eps 1e-5, rope_theta 500."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from g2rl_core.pipeline.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(1)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        max_position_embeddings=128,
+    )
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    return model, tokenizer, TASK_PROMPTS
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("padded", [True, False])
-def test_direct_decode_step_gives_the_model_calls_logits_bit_for_bit(policy, dtype, padded):
+@pytest.mark.parametrize("which", ["policy", "odd"])
+def test_direct_decode_step_gives_the_model_calls_logits_bit_for_bit(policy, which, dtype, padded):
     """Point 6 of rollout.decode: every decode step's logits equal the model call's exactly."""
-    model, tokenizer, prompts = policy
+    model, tokenizer, prompts = policy if which == "policy" else odd_qwen3()
     model = copy_in(model, dtype)
+    assert direct_step_refusal(model) is None
     ids, mask = encode_prompts(tokenizer, prompts[:4] if padded else prompts[:1] * 3, False)
     assert bool(mask.all()) != padded
     feed = torch.randint(0, model.config.vocab_size, (ids.shape[0], 12), generator=torch.Generator().manual_seed(0))
@@ -246,8 +276,30 @@ def test_other_qwen3_configurations_decode_through_the_model_call(change, reason
     )
 
 
-def test_eager_attention_is_refused_by_the_direct_step(tiny_base):
-    model, _ = load_policy(str(tiny_base / "base"))
+class LoRALikeLinear(torch.nn.Linear):
+    """A stand-in for an adapter layer: the same weight, something added to the output."""
+
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        (lambda m: m.set_attn_implementation("eager"), "attention implementation"),
+        (lambda m: m.train(), "training mode"),
+        (lambda m: m.model.layers[0].mlp.register_forward_hook(lambda *a: None), "hooks"),
+        (
+            lambda m: setattr(m.model.layers[1].self_attn, "q_proj", LoRALikeLinear(32, 32, bias=False)),
+            "LoRALikeLinear",
+        ),
+        (lambda m: setattr(m.model.layers[0].mlp, "act_fn", torch.nn.GELU()), "GELU"),
+        (lambda m: setattr(transformers, "__version__", "5.20.0"), "transformers 5.20.0"),
+    ],
+)
+def test_direct_step_refuses_what_it_does_not_compute(monkeypatch, change, reason):
+    monkeypatch.setattr(transformers, "__version__", transformers.__version__)  # restored after the test
+    model = tiny_qwen3(tie_word_embeddings=True)
     assert direct_step_refusal(model) is None
-    model.set_attn_implementation("eager")
-    assert "attention implementation" in direct_step_refusal(model)
+    change(model)
+    assert reason in direct_step_refusal(model)

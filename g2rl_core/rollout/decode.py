@@ -18,7 +18,8 @@ compares the two token for token and the reported log-probs bit for bit:
    passes: the prefill gets the whole left-padded prompt, position ids ``cumsum(mask) - 1`` (0 on
    padding), the 2D mask (``None`` when the batch has no padding, as ``generate`` drops an all-ones
    mask), ``logits_to_keep=1`` and ``use_cache=True``; each decode step gets the last token, its
-   position (previous + 1) and the mask grown by a column of ones.
+   position (previous + 1) and the mask grown by a column of ones. For a Qwen3 model the decode
+   steps do not call the model but repeat its operations (point 6).
 2. **A KV cache written in place.** ``InPlaceKVLayer`` is a ``DynamicLayer`` that preallocates
    room for prompt + max_new_tokens positions, writes each step's keys/values into it and hands
    attention a view of the filled part. The values attention reads are the same as with
@@ -42,7 +43,7 @@ compares the two token for token and the reported log-probs bit for bit:
    steps were taken, finished rows padded with the pad id (the pad id is the first EOS id when the
    tokenizer has none, as in ``generate``).
 6. **Decode steps without the module calls** (Qwen3 only). After the prefill, which always goes
-   through the model, a decode step of a ``Qwen3ForCausalLM`` is ``Qwen3DecodeStep``: the same
+   through the model, a decode step of a ``Qwen3ForCausalLM`` is ``qwen3_decode_step``: the same
    tensor operations in the same order as the model's forward in transformers 5.19 (embedding,
    per layer RMSNorm, q/k/v projections, q/k RMSNorm, rotary embedding, the in-place cache, SDPA as
    in 3, o projection, RMSNorm, SiLU MLP; final RMSNorm, LM head on the last position), on the
@@ -50,9 +51,10 @@ compares the two token for token and the reported log-probs bit for bit:
    At one new token per row the model's arithmetic is a few dozen small kernels, and the Python
    around them (module calls, keyword plumbing, mask construction) was about a quarter of a decode
    step. tests/test_rollout.py compares its logits with the model's bit for bit at every step and
-   the tokens with ``generate``'s; ``direct_step_refusal`` sends any other architecture or
-   configuration (biases, other rotary types, sliding windows, other attention implementations)
-   through the model call.
+   the tokens with ``generate``'s; ``direct_step_refusal`` sends any other architecture,
+   configuration (biases, other rotary types, sliding windows, other attention implementations,
+   training mode), module (a LoRA or quantised layer, hooks) or transformers release through the
+   model call.
 """
 
 from __future__ import annotations
@@ -61,10 +63,21 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache, Qwen3ForCausalLM
+from transformers.activations import SiLUActivation
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3Attention,
+    Qwen3DecoderLayer,
+    Qwen3MLP,
+    Qwen3Model,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+)
+from transformers.utils import is_kernels_available
 
 GQA_SDPA = "g2rl_gqa_sdpa"
 
@@ -163,33 +176,62 @@ def fast_loop_refusal(model) -> str | None:
     return None
 
 
+# The transformers release whose Qwen3 forward ``qwen3_decode_step`` follows (tests/test_rollout.py checks
+# it bit for bit there); with any other release decode steps go through the model call.
+DIRECT_STEP_TRANSFORMERS = "5.19."
+# The only module types a model may contain for the direct step: anything else (a LoRA layer, a
+# quantised linear, a wrapper) computes something the step would not.
+DIRECT_STEP_MODULES = (
+    Qwen3ForCausalLM,
+    Qwen3Model,
+    Qwen3DecoderLayer,
+    Qwen3Attention,
+    Qwen3MLP,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+    SiLUActivation,
+    torch.nn.ModuleList,
+    torch.nn.Linear,
+    torch.nn.Embedding,
+)
+
+
 def direct_step_refusal(model) -> str | None:
-    """Why ``Qwen3DecodeStep`` may not stand in for the model's own decode call, or None when it may."""
+    """Why ``qwen3_decode_step`` may not stand in for the model's own decode call, or None when it may."""
     if type(model) is not Qwen3ForCausalLM:
         return f"{type(model).__name__} is not Qwen3ForCausalLM"
-    config, layers = model.config, model.model.layers
-    if model.config._attn_implementation not in ("sdpa", GQA_SDPA):
-        return f"attention implementation {model.config._attn_implementation!r}"
-    if config.attention_bias or model.lm_head.bias is not None:
-        return "biases in the attention or the LM head"
+    if not transformers.__version__.startswith(DIRECT_STEP_TRANSFORMERS):
+        return f"transformers {transformers.__version__}; the step follows {DIRECT_STEP_TRANSFORMERS}x"
+    if is_kernels_available():
+        return "the kernels package is installed (hub kernels may replace module forwards)"
+    if model.training:
+        return "the model is in training mode (dropout)"
+    config = model.config
+    if config._attn_implementation not in ("sdpa", GQA_SDPA):
+        return f"attention implementation {config._attn_implementation!r}"
+    for name, module in model.named_modules():
+        if type(module) not in DIRECT_STEP_MODULES:
+            return f"module {name or 'model'} is a {type(module).__name__}"
+        if module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module):
+            return f"module {name or 'model'} has hooks or its own forward"
+    if any(getattr(module, "bias", None) is not None for module in model.modules()):
+        return "biases in the attention, the MLP or the LM head"
     if any(kind != "full_attention" for kind in config.layer_types):
         return "sliding-window layers"
-    if config.rope_parameters.get("rope_type", "default") != "default":
-        return f"rotary type {config.rope_parameters['rope_type']!r}"
-    if config.hidden_act != "silu" or any(layer.mlp.gate_proj.bias is not None for layer in layers):
-        return "another MLP"
-    if config.head_dim > 256:
+    if model.model.rotary_emb.rope_type != "default":
+        return f"rotary type {model.model.rotary_emb.rope_type!r}"
+    if any(layer.self_attn.head_dim > 256 for layer in model.model.layers):
         return "head_dim above 256"
     return None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, norm: Qwen3RMSNorm) -> torch.Tensor:
     """``Qwen3RMSNorm.forward``: normalise in float32, cast back, then scale."""
     dtype = x.dtype
     x = x.to(torch.float32)
     variance = x.pow(2).mean(-1, keepdim=True)
-    x = x * torch.rsqrt(variance + eps)
-    return weight * x.to(dtype)
+    x = x * torch.rsqrt(variance + norm.variance_epsilon)
+    return norm.weight * x.to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -197,53 +239,46 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class Qwen3DecodeStep:
+@torch.no_grad()
+def qwen3_decode_step(model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache):
     """One decode step (one new token per row) of a ``Qwen3ForCausalLM``, without its module calls.
 
-    The operations of the model's forward (transformers 5.19, module docstring point 6) on the
-    model's parameters, read at call time, so the step always sees the current weights. Returns
-    the last position's logits [b, V] in the model's dtype; the cache's layers are updated as the
-    model call would update them.
+    The operations of the model's forward (module docstring point 6) on the model's current
+    parameters and settings (each norm's epsilon, each attention's head_dim and scaling, the
+    rotary embedding's frequencies and scaling). ``ids``, ``positions`` [b, 1]; ``mask`` None or
+    SDPA's boolean padding mask [b, 1, 1, kv]. Returns the last position's logits [b, V] in the
+    model's dtype; each cache layer is updated as the model call would update it.
     """
-
-    def __init__(self, model):
-        self.model = model
-        self.eps = model.config.rms_norm_eps
-        self.head_dim = model.config.head_dim
-
-    @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache) -> torch.Tensor:
-        """``ids``, ``positions`` [b, 1]; ``mask`` None or the boolean padding mask [b, 1, 1, kv] of SDPA."""
-        decoder, eps, head_dim = self.model.model, self.eps, self.head_dim
-        x = F.embedding(ids, decoder.embed_tokens.weight)
-        rotary = decoder.rotary_emb
-        freqs = positions[..., None].float() * rotary.inv_freq.to(device=x.device, dtype=torch.float)
-        angles = torch.cat((freqs, freqs), dim=-1)
-        cos = (angles.cos() * rotary.attention_scaling).to(x.dtype).unsqueeze(1)
-        sin = (angles.sin() * rotary.attention_scaling).to(x.dtype).unsqueeze(1)
-        batch = x.shape[0]
-        for index, layer in enumerate(decoder.layers):
-            attention, mlp = layer.self_attn, layer.mlp
-            residual = x
-            h = rms_norm(x, layer.input_layernorm.weight, eps)
-            shape = (batch, 1, -1, head_dim)
-            q = rms_norm(F.linear(h, attention.q_proj.weight).view(shape), attention.q_norm.weight, eps).transpose(1, 2)
-            k = rms_norm(F.linear(h, attention.k_proj.weight).view(shape), attention.k_norm.weight, eps).transpose(1, 2)
-            v = F.linear(h, attention.v_proj.weight).view(shape).transpose(1, 2)
-            q = (q * cos) + (rotate_half(q) * sin)
-            k = (k * cos) + (rotate_half(k) * sin)
-            k, v = cache.layers[index].update(k, v)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=attention.scaling, enable_gqa=k.shape[1] != q.shape[1]
-            )
-            out = out.transpose(1, 2).contiguous().reshape(batch, 1, -1).contiguous()
-            x = residual + F.linear(out, attention.o_proj.weight)
-            residual = x
-            h = rms_norm(x, layer.post_attention_layernorm.weight, eps)
-            gate, up = F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight)
-            x = residual + F.linear(F.silu(gate) * up, mlp.down_proj.weight)
-        x = rms_norm(x, decoder.norm.weight, eps)
-        return F.linear(x[:, -1:], self.model.lm_head.weight)[:, -1]
+    decoder = model.model
+    x = F.embedding(ids, decoder.embed_tokens.weight)
+    rotary = decoder.rotary_emb
+    freqs = positions[..., None].float() * rotary.inv_freq.to(device=x.device, dtype=torch.float)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    cos = (angles.cos() * rotary.attention_scaling).to(x.dtype).unsqueeze(1)
+    sin = (angles.sin() * rotary.attention_scaling).to(x.dtype).unsqueeze(1)
+    batch = x.shape[0]
+    for index, layer in enumerate(decoder.layers[: model.config.num_hidden_layers]):
+        attention, mlp = layer.self_attn, layer.mlp
+        residual = x
+        h = rms_norm(x, layer.input_layernorm)
+        shape = (batch, 1, -1, attention.head_dim)
+        q = rms_norm(F.linear(h, attention.q_proj.weight).view(shape), attention.q_norm).transpose(1, 2)
+        k = rms_norm(F.linear(h, attention.k_proj.weight).view(shape), attention.k_norm).transpose(1, 2)
+        v = F.linear(h, attention.v_proj.weight).view(shape).transpose(1, 2)
+        q = (q * cos) + (rotate_half(q) * sin)
+        k = (k * cos) + (rotate_half(k) * sin)
+        k, v = cache.layers[index].update(k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=attention.scaling, enable_gqa=k.shape[1] != q.shape[1]
+        )
+        out = out.transpose(1, 2).contiguous().reshape(batch, 1, -1).contiguous()
+        x = residual + F.linear(out, attention.o_proj.weight)
+        residual = x
+        h = rms_norm(x, layer.post_attention_layernorm)
+        gate, up = F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight)
+        x = residual + F.linear(F.silu(gate) * up, mlp.down_proj.weight)
+    x = rms_norm(x, decoder.norm)
+    return F.linear(x[:, -1:], model.lm_head.weight)[:, -1]
 
 
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -287,22 +322,22 @@ def sample_tokens(
         InPlaceKVLayer(prompt_length + max_new_tokens) if type(layer) is DynamicLayer else layer
         for layer in cache.layers
     ]
+    direct = direct_step_refusal(model) is None
+    # SDPA's boolean padding mask for every decode step: the prompt's mask, then the new columns (point 6)
+    padding = None
+    if direct and mask is not None:
+        padding = torch.cat([mask.bool(), mask.new_ones((batch, max_new_tokens), dtype=torch.bool)], dim=-1)
     swap_attention = model.config._attn_implementation == "sdpa"
     if swap_attention:
         model.set_attn_implementation(GQA_SDPA)
-    direct = Qwen3DecodeStep(model) if direct_step_refusal(model) is None else None
-    # SDPA's boolean padding mask for every decode step: the prompt's mask, then the new columns (point 6)
-    padding = None
-    if direct is not None and mask is not None:
-        padding = torch.cat([mask.bool(), mask.new_ones((batch, max_new_tokens), dtype=torch.bool)], dim=-1)
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     step_ids, step_positions = input_ids, positions
     tokens, logits_per_step = [], []
     try:
         for step in range(max_new_tokens):
-            if step and direct is not None:
+            if step and direct:
                 step_mask = None if padding is None else padding[:, None, None, : prompt_length + step]
-                raw = direct(step_ids, step_positions, step_mask, cache)
+                raw = qwen3_decode_step(model, step_ids, step_positions, step_mask, cache)
             else:
                 raw = model(
                     input_ids=step_ids,
@@ -326,7 +361,7 @@ def sample_tokens(
             if unfinished.max() == 0:
                 break
             step_ids, step_positions = next_tokens[:, None], step_positions[:, -1:] + 1
-            if mask is not None and direct is None:
+            if mask is not None and not direct:
                 mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
     finally:
         if swap_attention:
