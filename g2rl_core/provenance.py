@@ -33,6 +33,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from g2rl_core.errors import G2RLError
+
 # Environment that pins the CPU code paths (MKL's conditional numerical reproducibility, torch's
 # kernel dispatch, oneDNN's ISA cap, no MKL thread-count changes at run time).
 PINNED_CPU_ENV = {
@@ -125,11 +127,34 @@ def machine_info() -> dict:
     }
 
 
-def write_run_info(out: str | Path, command: str, seconds: float) -> dict:
-    """Write ``<out>/run_info.json`` (the machine, the command line and its wall time) and return its record."""
-    record = {"command": command, "argv": sys.argv[1:], "wall_seconds": round(seconds, 1), **machine_info()}
-    (Path(out) / RUN_INFO).write_text(json.dumps(record, indent=1) + "\n")
+def write_run_info(out: str | Path, command: str, seconds: float, *, resumable: bool = False) -> dict:
+    """Write ``<out>/run_info.json`` (the machine, the command line and its wall time) and return its record.
+
+    ``resumable`` (training): a record that earlier processes of the same command line left in ``out``
+    belongs to the same run, resumed from its checkpoint (the engines delete the record whenever a
+    run starts afresh: ``forget_run_info``), so ``wall_seconds`` is the total over the processes and
+    ``processes`` counts them. Otherwise the record is this process's alone.
+    """
+    path = Path(out) / RUN_INFO
+    argv, total, processes = sys.argv[1:], seconds, 1
+    if resumable and path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+            same_run = earlier["command"] == command and earlier["argv"] == argv
+            if same_run:
+                total += float(earlier["wall_seconds"])
+                processes += int(earlier.get("processes", 1))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise G2RLError(f"{path}: not a run_info record ({type(err).__name__}); delete it") from None
+    record = {"command": command, "argv": argv, "wall_seconds": round(total, 1), "processes": processes}
+    record |= machine_info()
+    path.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def forget_run_info(out: str | Path) -> None:
+    """Delete ``<out>/run_info.json``: the run in ``out`` starts afresh, so earlier processes' time is not its."""
+    (Path(out) / RUN_INFO).unlink(missing_ok=True)
 
 
 def format_seconds(seconds: float) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -200,3 +201,26 @@ def test_significance_summary_lists_what_excludes_zero_and_what_chance_gives(tmp
     assert "- EVOL-RL vs GRPO, MATH500 pass@1: +2.0 points [+0.5, +3.5]" in text
     assert "Entropy Bonus" not in text
     assert "4 of the 5 intervals have a non-zero width" in text and "about 0.2 of them" in text
+
+
+def test_run_info_of_a_resumed_run_totals_its_processes(tmp_path, monkeypatch):
+    from g2rl_core.errors import G2RLError
+    from g2rl_core.provenance import forget_run_info, write_run_info
+
+    monkeypatch.setattr(sys, "argv", ["g2rl", "train", "--seed", "0"])
+    read = lambda: json.loads((tmp_path / "run_info.json").read_text())  # noqa: E731
+    write_run_info(tmp_path, "train", 10.0, resumable=True)
+    assert (read()["wall_seconds"], read()["processes"]) == (10.0, 1)
+    write_run_info(tmp_path, "train", 5.0, resumable=True)  # the same command line resumed
+    assert (read()["wall_seconds"], read()["processes"]) == (15.0, 2)
+    monkeypatch.setattr(sys, "argv", ["g2rl", "train", "--seed", "1"])  # another command line: another run
+    write_run_info(tmp_path, "train", 4.0, resumable=True)
+    assert (read()["wall_seconds"], read()["processes"]) == (4.0, 1)
+    write_run_info(tmp_path, "train", 3.0)  # not resumable: this process alone
+    assert (read()["wall_seconds"], read()["processes"]) == (3.0, 1)
+    forget_run_info(tmp_path)
+    write_run_info(tmp_path, "train", 2.0, resumable=True)
+    assert (read()["wall_seconds"], read()["processes"]) == (2.0, 1)
+    (tmp_path / "run_info.json").write_text('{"command": "train", "argv": ["train", "--seed", "1"]}')
+    with pytest.raises(G2RLError, match=r"run_info.json: not a run_info record \(KeyError\); delete it"):
+        write_run_info(tmp_path, "train", 1.0, resumable=True)

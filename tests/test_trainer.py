@@ -93,6 +93,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, tmp_path):
     drop = {"step_time_s", "tokens_per_s"}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(_rows(killed)) == strip(_rows(clean))
+    # run_info.json: a finished run run again resumes at its end, and its record totals both processes
+    first = json.loads((clean / "run_info.json").read_text())
+    subprocess.run(_cli(params, "train", "--method", "g2rl", "--out", str(clean)), check=True, capture_output=True)
+    again = json.loads((clean / "run_info.json").read_text())
+    assert (first["processes"], again["processes"]) == (1, 2) and again["wall_seconds"] > first["wall_seconds"]
+
+
+def test_a_run_that_starts_afresh_forgets_earlier_processes_time(tiny_base, tmp_path):
+    """The engines delete run_info.json when a run starts from step 0 (a new run, or a config change)."""
+    profile = load_profile("tiny", tiny_base / "params.yaml")
+    (tmp_path / "run_info.json").write_text(json.dumps({"command": "train", "argv": [], "wall_seconds": 99.0}))
+    Trainer(profile.train_config("grpo", 0, steps=1, checkpoint_every=1), tmp_path).train()
+    assert not (tmp_path / "run_info.json").exists()
+    (tmp_path / "run_info.json").write_text(json.dumps({"command": "train", "argv": [], "wall_seconds": 99.0}))
+    assert Trainer.discard_stale_checkpoint(profile.train_config("grpo", 0, steps=1, lr=0.5), tmp_path)
+    assert not (tmp_path / "run_info.json").exists()
 
 
 def test_resume_refuses_a_different_config(tiny_base, tmp_path):

@@ -63,6 +63,7 @@ from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, resolve_device, sentence_encoder
 from g2rl_core.plan import require_fit
 from g2rl_core.prompt_order import step_prompts
+from g2rl_core.provenance import forget_run_info
 from g2rl_core.rollout import RolloutBatch, make_rollout
 from g2rl_core.runlock import run_lock
 from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
@@ -220,6 +221,7 @@ class Trainer:
                 ckpt.remove_checkpoints(out / ckpt.CHECKPOINTS)
                 (out / "log.jsonl").unlink(missing_ok=True)
                 remove_tracker_files(out)
+                forget_run_info(out)
             return stale
 
     def maybe_resume(self) -> None:
@@ -229,8 +231,9 @@ class Trainer:
             raise ckpt.legacy_checkpoint_error(legacy)
         ckpt.clean_partial(self.checkpoints_dir)
         latest = ckpt.latest_checkpoint(self.checkpoints_dir)
-        if latest is None:
-            self.log_path.unlink(missing_ok=True)  # killed before the first checkpoint: start afresh
+        if latest is None:  # a new run, or one killed before its first checkpoint: start afresh
+            self.log_path.unlink(missing_ok=True)
+            forget_run_info(self.out)
             return
         changed = ckpt.config_differences(ckpt.read_config(latest), self.cfg.to_dict())
         if changed:

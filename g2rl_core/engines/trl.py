@@ -69,6 +69,7 @@ from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.maths.methods import METHODS, GroupBatch
 from g2rl_core.maths.shaping import group_geometry
 from g2rl_core.models import load_policy, sentence_encoder
+from g2rl_core.provenance import forget_run_info
 from g2rl_core.rollout import format_prompt, left_pad, make_rollout, right_pad
 from g2rl_core.runlock import run_lock
 from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
@@ -397,6 +398,7 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, restart_on_config_change: bool)
             latest = None
     if latest is None:
         log_path.unlink(missing_ok=True)
+        forget_run_info(out)
         return None
     state = json.loads((Path(latest) / "trainer_state.json").read_text())
     if log_path.exists():

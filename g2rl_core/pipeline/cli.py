@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds = time.perf_counter() - start
     if isinstance(out, Path) and out.is_dir():  # the stage's record: machine, command, wall time
-        info = write_run_info(out, args.command, seconds)
+        info = write_run_info(out, args.command, seconds, resumable=args.command == "train")
     else:
         info = machine_info()
     print(

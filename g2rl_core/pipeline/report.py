@@ -575,8 +575,9 @@ def provenance_section(records: Sequence[dict]) -> list[str]:
         parts.append(f"| {command} | {int(row['count'])} | {total} | {median} |")
     parts.append(f"| all | {len(frame)} | {format_seconds(frame.wall_seconds.sum())} | |\n")
     parts.append(
-        "The notebook stages are not timed here; a stage that resumed from its checkpoint counts only its last "
-        "process.\n"
+        "The notebook stages are not timed here. A training run resumed from its checkpoint counts every process "
+        "since it last started afresh (`processes` in its run_info.json); a record without that field is its last "
+        "process's time alone.\n"
     )
     return parts
 
