@@ -45,6 +45,7 @@ PINNED_CPU_ENV = {
 }
 VERSIONED = ("torch", "transformers", "tokenizers", "math-verify", "sympy", "numpy", "safetensors", "vllm", "trl")
 RUN_INFO = "run_info.json"
+RUN_INFO_MAX_BYTES = 1 << 20  # a record is about 1 kB; a larger file is not one
 
 
 def can_pin() -> bool:
@@ -138,6 +139,8 @@ def write_run_info(out: str | Path, command: str, seconds: float, *, resumable: 
     path = Path(out) / RUN_INFO
     argv, total, processes = sys.argv[1:], seconds, 1
     if resumable and path.is_file():
+        if path.stat().st_size > RUN_INFO_MAX_BYTES:
+            raise G2RLError(f"{path}: {path.stat().st_size} bytes, not a run_info record; delete it")
         try:
             earlier = json.loads(path.read_text())
             same_run = earlier["command"] == command and earlier["argv"] == argv

@@ -224,3 +224,9 @@ def test_run_info_of_a_resumed_run_totals_its_processes(tmp_path, monkeypatch):
     (tmp_path / "run_info.json").write_text('{"command": "train", "argv": ["train", "--seed", "1"]}')
     with pytest.raises(G2RLError, match=r"run_info.json: not a run_info record \(KeyError\); delete it"):
         write_run_info(tmp_path, "train", 1.0, resumable=True)
+    (tmp_path / "run_info.json").write_text("[1, 2]")
+    with pytest.raises(G2RLError, match=r"not a run_info record \(TypeError\)"):
+        write_run_info(tmp_path, "train", 1.0, resumable=True)
+    (tmp_path / "run_info.json").write_text(" " * (2 << 20))
+    with pytest.raises(G2RLError, match=r"run_info.json: 2097152 bytes, not a run_info record"):
+        write_run_info(tmp_path, "train", 1.0, resumable=True)

@@ -14,8 +14,10 @@ Why this matters (exact algebra, the score-function identity): if y_t is drawn f
 E[e(y_t) - p_t | y_<t] = 0, so each phi_t = W^T (e(y_t) - p_t) has conditional mean zero and their
 sum over a response has mean zero (optional stopping covers a sampled EOS; the 1/sum alpha of eq. 8
 rescales a response and leaves cosines unchanged). Two responses of one group are independent given
-the prompt, so E <Phi(i), Phi(j)> = |E Phi|^2 = 0: the Phi-cosines centre on zero and about half the
-pairs are negative whatever the model. A shared direction appears only when the sampler is not p_t,
+the prompt, so E <Phi(i), Phi(j)> = |E Phi|^2 = 0. That alone does not make half the pairs negative
+(a skewed Phi distribution, many small vectors one way and a few long ones the other, has mostly
+positive cosines and still mean zero); the sweep measures the shares. A shared direction, i.e. a
+mean that dominates the spread, appears only when the sampler is not p_t,
 E[e(y_t) - p_t] = q_t - p_t != 0 (q_t the sampler), and its weight against the zero-mean noise grows
 with the response length (noise ~ 1/sqrt(L)). The sweep measures all of this.
 
