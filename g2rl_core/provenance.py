@@ -134,7 +134,8 @@ def write_run_info(out: str | Path, command: str, seconds: float, *, resumable: 
     ``resumable`` (training): a record that earlier processes of the same command line left in ``out``
     belongs to the same run, resumed from its checkpoint (the engines delete the record whenever a
     run starts afresh: ``forget_run_info``), so ``wall_seconds`` is the total over the processes and
-    ``processes`` counts them. Otherwise the record is this process's alone.
+    ``processes`` counts them. Otherwise the record is this process's alone. The record is written
+    when a command ends, so a process that is killed leaves none and its time is not counted.
     """
     path = Path(out) / RUN_INFO
     argv, total, processes = sys.argv[1:], seconds, 1
@@ -147,7 +148,7 @@ def write_run_info(out: str | Path, command: str, seconds: float, *, resumable: 
             if same_run:
                 total += float(earlier["wall_seconds"])
                 processes += int(earlier.get("processes", 1))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as err:
             raise G2RLError(f"{path}: not a run_info record ({type(err).__name__}); delete it") from None
     record = {"command": command, "argv": argv, "wall_seconds": round(total, 1), "processes": processes}
     record |= machine_info()

@@ -97,6 +97,18 @@ def test_cli_threads_come_from_the_profile_and_are_recorded(tiny_base, tmp_path,
     assert "threads = 0 must be >= 1" in capsys.readouterr().err
 
 
+def test_only_the_main_process_of_a_launch_writes_run_info(tiny_base, tmp_path, monkeypatch):
+    from g2rl_core.pipeline import cli
+
+    params = tiny_base / "params.yaml"
+    monkeypatch.setenv("RANK", "1")  # a second process under accelerate / torchrun
+    assert cli.main(["--params", str(params), "prepare-data", "--format", "verl", "--out", str(tmp_path / "a")]) == 0
+    assert not (tmp_path / "a" / "run_info.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["--params", str(params), "prepare-data", "--format", "verl", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "run_info.json").is_file()
+
+
 def test_hierarchical_bootstrap_by_hand():
     import numpy as np
 
@@ -223,6 +235,11 @@ def test_run_info_of_a_resumed_run_totals_its_processes(tmp_path, monkeypatch):
     assert (read()["wall_seconds"], read()["processes"]) == (2.0, 1)
     (tmp_path / "run_info.json").write_text('{"command": "train", "argv": ["train", "--seed", "1"]}')
     with pytest.raises(G2RLError, match=r"run_info.json: not a run_info record \(KeyError\); delete it"):
+        write_run_info(tmp_path, "train", 1.0, resumable=True)
+    (tmp_path / "run_info.json").write_text(
+        '{"command": "train", "argv": ["train", "--seed", "1"], "wall_seconds": 1, "processes": 1e400}'
+    )
+    with pytest.raises(G2RLError, match=r"not a run_info record \(OverflowError\)"):
         write_run_info(tmp_path, "train", 1.0, resumable=True)
     (tmp_path / "run_info.json").write_text("[1, 2]")
     with pytest.raises(G2RLError, match=r"not a run_info record \(TypeError\)"):

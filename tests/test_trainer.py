@@ -98,6 +98,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, tmp_path):
     subprocess.run(_cli(params, "train", "--method", "g2rl", "--out", str(clean)), check=True, capture_output=True)
     again = json.loads((clean / "run_info.json").read_text())
     assert (first["processes"], again["processes"]) == (1, 2) and again["wall_seconds"] > first["wall_seconds"]
+    assert json.loads((killed / "run_info.json").read_text())["processes"] == 1  # a killed process leaves no record
+    (clean / "run_info.json").write_text('{"command": "train"}')  # damaged: a one-line error naming it
+    done = subprocess.run(
+        _cli(params, "train", "--method", "g2rl", "--out", str(clean)), capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{clean / 'run_info.json'}: not a run_info record (KeyError); delete it" in done.stderr
 
 
 def test_a_run_that_starts_afresh_forgets_earlier_processes_time(tiny_base, tmp_path):

@@ -459,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_threads(args.threads if args.threads is not None else load_profile(args.profile, args.params).threads)
         out = args.func(args)
+        seconds = time.perf_counter() - start
+        info = machine_info()
+        # the stage's record (machine, command, wall time); under a launcher only the main process writes it
+        if isinstance(out, Path) and out.is_dir() and os.environ.get("RANK", "0") == "0":
+            info = write_run_info(out, args.command, seconds, resumable=args.command == "train")
     except (G2RLError, OSError) as err:
         if args.debug:
             raise
@@ -467,11 +472,6 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{err.filename}: {err.strerror or message}"
         print(f"g2rl {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
-    seconds = time.perf_counter() - start
-    if isinstance(out, Path) and out.is_dir():  # the stage's record: machine, command, wall time
-        info = write_run_info(out, args.command, seconds, resumable=args.command == "train")
-    else:
-        info = machine_info()
     print(
         f"g2rl {args.command}: done in {format_seconds(seconds)} on {info['cpu']} "
         f"({info['threads']} threads, {info['cpu_capability']}{'' if pinned else ', CPU paths not pinned'})",
