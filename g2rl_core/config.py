@@ -273,6 +273,11 @@ class TrainConfig:
     precision: str = "float32"  # "float32" or "bf16": weights and compute of policy and reference (Phi sums: float32)
     gradient_checkpointing: bool = False  # recompute decoder activations in the update's backward (HF's switch)
     log_prob_micro_batch_size: int = 8  # responses per no-grad forward (old policy + Phi, reference); verl's name
+    # native engine: the old policy's log-probs, entropies and Phi come from the sampling loop's own logits
+    # (the policy samples itself, float32), not from a separate no-grad pass over the batch; equal to
+    # float32 rounding. Needs the transformers back-end and float32; where that loop is refused (GPU:
+    # rollout.decode.fast_loop_refusal) the pass runs as usual. TRL and verl always run their own pass.
+    old_policy_from_rollout: bool = False
     # experiment trackers fed every log.jsonl row and a per-step completions table: any of LOGGERS
     # (dvclive, trackio, wandb, tensorboard; [] none); g2rl_core.tracking. The pipeline's profiles use dvclive.
     loggers: list[str] = field(default_factory=list)
@@ -312,6 +317,12 @@ class TrainConfig:
         _check_unit_interval(self, "top_p")
         if self.dual_clip_ratio <= 1:
             raise ConfigError(f"dual_clip_ratio = {self.dual_clip_ratio!r} must be > 1")
+        if self.old_policy_from_rollout and (self.rollout.backend != "transformers" or self.precision != "float32"):
+            raise ConfigError(
+                f"old_policy_from_rollout needs rollout.backend: transformers and precision: float32 (got "
+                f"{self.rollout.backend!r}, {self.precision!r}): vLLM reports no full distributions, and bf16 "
+                "decoding and a bf16 forward pass differ by far more than rounding"
+            )
         for name in self.loggers:
             if name not in LOGGERS or self.loggers.count(name) > 1:
                 raise ConfigError(f"loggers = {list(self.loggers)}: list each of {list(LOGGERS)} at most once, or []")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_qwen3
 
+from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.models import load_policy
 from g2rl_core.rollout import TransformersRollout, encode_prompts
 from g2rl_core.rollout.decode import (
@@ -304,3 +305,37 @@ def test_direct_step_refuses_what_it_does_not_compute(monkeypatch, change, reaso
     else:
         change(model)
     assert reason in direct_step_refusal(model)
+
+
+@pytest.mark.parametrize("batch_size", [256, 5])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.9)])
+def test_policy_features_of_the_sampling_loop_equal_an_old_policy_pass(policy, batch_size, temperature, top_p):
+    """``generate(..., policy_features=True)``: the same draws, and the old-policy pass's Phi, log-probs and
+    entropies (untruncated p_t at the sampling temperature) to float32 rounding."""
+    model, tokenizer, prompts = policy
+    backend = TransformersRollout(model, tokenizer, batch_size=batch_size)
+    kwargs = dict(n=6, temperature=temperature, top_p=top_p, max_new_tokens=48, seed=11)
+    plain = backend.generate(prompts[:4], **kwargs)
+    got = backend.generate(prompts[:4], **kwargs, policy_features=True)
+    assert plain.policy_features is None
+    assert torch.equal(got.response_ids, plain.response_ids) and got.texts == plain.texts
+    expected = causal_lm_sequence_features(
+        model, got.prompt_ids, got.prompt_mask, got.response_ids, got.response_mask, temperature=temperature
+    )
+    feats, mask = got.policy_features, got.response_mask.bool()
+    assert got.response_mask.sum(1).unique().numel() > 1  # rows end at different steps
+    assert feats.logprobs.shape == feats.entropy.shape == got.response_ids.shape
+    assert torch.all(feats.logprobs[~mask] == 0) and torch.all(feats.entropy[~mask] == 0)
+    torch.testing.assert_close(feats.logprobs[mask], expected.logprobs[mask], rtol=0, atol=2e-5)
+    torch.testing.assert_close(feats.entropy[mask], expected.entropy[mask], rtol=0, atol=2e-5)
+    torch.testing.assert_close(feats.phi, expected.phi, rtol=1e-4, atol=1e-6)
+    assert expected.phi.abs().max() > 1e-2  # a scale at which the tolerance means something
+
+
+def test_policy_features_are_absent_where_the_loop_is_refused(policy):
+    model, tokenizer, prompts = policy
+    backend = TransformersRollout(model, tokenizer, use_generate=True)
+    batch = backend.generate(
+        prompts[:2], n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0, policy_features=True
+    )
+    assert batch.policy_features is None  # the trainer then runs its own old-policy pass

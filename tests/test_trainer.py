@@ -347,3 +347,32 @@ def test_checkpointed_schedule_state_does_not_depend_on_how_its_function_is_buil
         return buffer.getvalue()
 
     assert pickled(saved) == pickled(reference.state_dict())
+
+
+def test_old_policy_from_rollout_needs_transformers_and_float32():
+    from g2rl_core.config import RolloutConfig
+
+    TrainConfig(old_policy_from_rollout=True)
+    with pytest.raises(ConfigError, match="old_policy_from_rollout needs rollout.backend: transformers"):
+        TrainConfig(old_policy_from_rollout=True, rollout=RolloutConfig(backend="vllm"))
+    with pytest.raises(ConfigError, match="'bf16'"):
+        TrainConfig(old_policy_from_rollout=True, precision="bf16")
+
+
+def test_a_step_with_the_old_policy_from_rollout_skips_the_pass_and_matches_it(tiny_base, tmp_path, monkeypatch):
+    """Same draws, same rewards; the old policy's numbers differ by float32 rounding only, and no pass runs."""
+    from g2rl_core.engines import native
+
+    profile = load_profile("tiny", tiny_base / "params.yaml")
+    rows = {}
+    for flag in (False, True):
+        cfg = profile.train_config("g2rl", 0, steps=1, old_policy_from_rollout=flag)
+        trainer = Trainer(cfg, tmp_path / str(flag))
+        if flag:
+            monkeypatch.setattr(native, "micro_batched_features", lambda *a, **k: pytest.fail("an old-policy pass ran"))
+        rows[flag] = trainer.train_step()
+    plain, streamed = rows[False], rows[True]
+    for key in ("reward_mean", "response_length_mean"):
+        assert streamed[key] == plain[key], key
+    for key in ("entropy_mean", "phi_cos_mean", "nu_mean", "loss", "kl", "grad_norm", "advantage_abs_mean"):
+        assert streamed[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key

@@ -16,7 +16,9 @@ reward transform in ``methods.METHODS``. Design choices:
   memory depends on the micro-batch, not on prompts_per_step x rollouts_per_prompt.
   ``gradient_checkpointing`` recomputes decoder activations in the update's backward.
 - ONE old-policy pass gives the log-probs, entropies and Phi of every response, for every
-  method, so geometry (nu, Phi cosines) is logged for all of them.
+  method, so geometry (nu, Phi cosines) is logged for all of them. With ``old_policy_from_rollout``
+  that pass is the sampling loop itself: the policy sampled the responses in float32 and its logits
+  at each step already give p_t, so no separate forward pass runs (equal to float32 rounding).
 - Advantages come from the method registry, one scalar per response, broadcast to tokens.
 - Loss (eq. 4, ``maths.losses.ppo_clip_loss``): PPO clipped surrogate with ratio pi_theta / pi_old
   and verl's dual clip for negative advantages, plus kl_coef * k3 KL to the frozen reference
@@ -108,7 +110,7 @@ def pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
 
 def batch_to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
     """The batch with every tensor on ``device`` (texts unchanged)."""
-    reported = batch.sampler_logprobs
+    reported, policy = batch.sampler_logprobs, batch.policy_features
     return RolloutBatch(
         batch.prompt_ids.to(device),
         batch.prompt_mask.to(device),
@@ -116,6 +118,9 @@ def batch_to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
         batch.response_mask.to(device),
         batch.texts,
         None if reported is None else reported.to(device),
+        None
+        if policy is None
+        else SequenceFeatures(*(t.to(device) for t in (policy.phi, policy.logprobs, policy.entropy))),
     )
 
 
@@ -267,6 +272,7 @@ class Trainer:
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_response_length,
             seed=step_seed(cfg.seed, self.step),
+            policy_features=cfg.old_policy_from_rollout,
         )
         return problems, batch
 
@@ -356,13 +362,15 @@ class Trainer:
         rewards = torch.tensor([v.reward for v in verdicts]).view(G, m)
         parsable = torch.tensor([v.extracted is not None for v in verdicts]).view(G, m)
         self.model.eval()
-        old = micro_batched_features(
-            self.model,
-            batch,
-            cfg.log_prob_micro_batch_size,
-            temperature=cfg.temperature,
-            chunk_size=cfg.feature_chunk_size,
-        )
+        old = batch.policy_features  # old_policy_from_rollout: the sampling loop's own, else a pass of its own
+        if old is None:
+            old = micro_batched_features(
+                self.model,
+                batch,
+                cfg.log_prob_micro_batch_size,
+                temperature=cfg.temperature,
+                chunk_size=cfg.feature_chunk_size,
+            )
         ref_logprobs = self.reference_logprobs(batch) if self.ref is not None else None
         phi = old.phi.view(G, m, -1).cpu()  # the method's maths (groups, shaping) runs on small CPU tensors
         advantages = self.method.advantages(GroupBatch(rewards, parsable, phi, batch.texts), cfg, self.encode).reshape(

@@ -94,11 +94,23 @@ def _softmax_statistics(
     """
     z = scaled_logits
     probs = torch.softmax(z, -1) if probs_out is None else torch.softmax(z, -1, out=probs_out)
+    logprob, entropy = _token_statistics(z, probs, token_ids, in_place=probs_out is not None)
+    return probs, logprob, entropy
+
+
+def _token_statistics(
+    scaled_logits: Tensor, probs: Tensor, token_ids: Tensor, *, in_place: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(log p(y_t), H(p_t)) from z_t / T and p_t = softmax(z_t / T): ``_softmax_statistics``'s arithmetic.
+
+    ``in_place`` writes the product p_t[v] z_v into ``scaled_logits`` instead of a new [c, V] tensor.
+    """
+    z = scaled_logits
     log_z = z.amax(-1) - probs.amax(-1).log()
     logprob = z.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_z
-    weighted = probs * z if probs_out is None else z.mul_(probs)
+    weighted = z.mul_(probs) if in_place else probs * z
     entropy = log_z - weighted.sum(-1)
-    return probs, logprob, entropy
+    return logprob, entropy
 
 
 def _accumulate_residual(
@@ -393,6 +405,46 @@ def phi_sums_from_logits(
         _accumulate_residual(residual, probs, weights[chunk], segment_ids[chunk], token_ids[chunk])
     weight_sum = weights.new_zeros(num_segments).index_add_(0, segment_ids, weights)
     return PhiSums(weighted=_project_residual(residual, lm_head_weight), weight=weight_sum)
+
+
+class DecodingFeatures:
+    """Phi (eq. 8), log-probs and entropies accumulated one decoding step at a time from the sampler's logits.
+
+    A sampler that computes z_t / T for every new token feeds each step to ``add``; ``finish``
+    returns what ``sequence_features`` returns for the finished responses (alpha_t = 1 on response
+    tokens), so the old policy needs no pass of its own. The residual sum_t (e(y_t) - p_t) is kept
+    in vocabulary space, [b, V] float32, and projected onto W once (eq. 14's algebra, as
+    ``sequence_features``). The logits of a cached decoding step and of a full forward pass differ
+    by float32 rounding only, so the two agree to rounding (tests/test_rollout.py).
+    """
+
+    def __init__(self, batch: int, vocab: int, device: torch.device):
+        self.residual = torch.zeros(batch, vocab, dtype=torch.float32, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.float32, device=device)
+        self.logprobs: list[Tensor] = []
+        self.entropy: list[Tensor] = []
+
+    @torch.no_grad()
+    def add(self, scaled_logits: Tensor, probs: Tensor, token_ids: Tensor, active: Tensor) -> None:
+        """One step: z_t / T and p_t = softmax(z_t / T) [b, V] float32, sampled y_t [b], rows still sampling [b]."""
+        logprob, entropy = _token_statistics(scaled_logits, probs, token_ids)
+        weight = active.to(torch.float32)
+        self.logprobs.append(logprob * weight)
+        self.entropy.append(entropy * weight)
+        rows = torch.arange(token_ids.shape[0], device=token_ids.device)
+        self.residual.index_put_((rows, token_ids), weight, accumulate=True)
+        self.residual.addcmul_(probs, weight.unsqueeze(-1), value=-1.0)
+        self.lengths += weight
+
+    def finish(self, lm_head_weight: Tensor) -> SequenceFeatures:
+        """phi [b, d], logprobs and entropy [b, steps] (0 after a row's last token)."""
+        phi = phi_from_sums(PhiSums(weighted=_project_residual(self.residual, lm_head_weight), weight=self.lengths))
+        empty = self.lengths.new_zeros(self.lengths.shape[0], 0)
+        return SequenceFeatures(
+            phi=phi,
+            logprobs=torch.stack(self.logprobs, 1) if self.logprobs else empty,
+            entropy=torch.stack(self.entropy, 1) if self.entropy else empty,
+        )
 
 
 @torch.no_grad()

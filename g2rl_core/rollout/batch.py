@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from g2rl_core.errors import ConfigError
+from g2rl_core.maths.features import SequenceFeatures
 
 
 @dataclass
@@ -30,11 +31,22 @@ class RolloutBatch:
     response_mask: Tensor  # [N, R], 1 on sampled tokens up to and including EOS
     texts: list[str]  # decoded responses, special tokens removed
     sampler_logprobs: Tensor | None = None  # [N, R] log-probs reported by the engine, if any
+    # the sampling policy's Phi [N, d], log-probs and entropies [N, R] at the sampling temperature, from
+    # the sampling pass itself (transformers back-end, ``generate(..., policy_features=True)``), if any
+    policy_features: SequenceFeatures | None = None
 
 
 class RolloutBackend(Protocol):
     def generate(
-        self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        policy_features: bool = False,
     ) -> RolloutBatch: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None: ...

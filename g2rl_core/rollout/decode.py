@@ -79,6 +79,8 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 from transformers.utils import is_kernels_available
 
+from g2rl_core.maths.features import DecodingFeatures
+
 GQA_SDPA = "g2rl_gqa_sdpa"
 
 # Generation-config fields the loop honours (it is called with explicit sampling settings) or that
@@ -303,9 +305,12 @@ def sample_tokens(
     pad_token_id: int | None,
     eos_token_ids: list[int],
     keep_logits: bool = False,
+    features: DecodingFeatures | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """New tokens [b, steps] for left-padded prompts, and with ``keep_logits`` each step's raw float32
     logits [b, V] (``generate``'s ``output_logits``); the RNG is the global one, seeded by the caller.
+    ``features`` receives every step's z / T, softmax(z / T) (before top-p) and tokens: the sampled
+    responses' log-probs, entropies and Phi under the sampling policy, at no extra model call.
 
     Equivalent to ``model.generate(input_ids, attention_mask=..., do_sample=True, temperature=...,
     top_p=..., top_k=0, max_new_tokens=..., pad_token_id=..., eos_token_id=eos_token_ids)`` with the
@@ -353,9 +358,14 @@ def sample_tokens(
                 logits_per_step.append(logits)
             scores = logits / temperature if temperature != 1.0 else logits
             if top_p < 1.0:
-                scores = top_p_filter(scores, float(top_p))
-            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                sampling = torch.softmax(top_p_filter(scores, float(top_p)), dim=-1)
+                probs = torch.softmax(scores, dim=-1) if features is not None else None
+            else:
+                sampling = probs = torch.softmax(scores, dim=-1)
+            next_tokens = torch.multinomial(sampling, num_samples=1).squeeze(1)
             next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+            if features is not None:
+                features.add(scores, probs, next_tokens, unfinished.bool())
             tokens.append(next_tokens)
             unfinished = unfinished & ~torch.isin(next_tokens, eos)
             if unfinished.max() == 0:

@@ -8,7 +8,9 @@ Sampling draws exactly the tokens of ``model.generate``: on the CPU through the 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from g2rl_core.maths.features import DecodingFeatures, SequenceFeatures, lm_head_parameters
 from g2rl_core.rollout.batch import RolloutBatch, encode_prompts, eos_token_ids, right_pad, truncate_at_eos
 from g2rl_core.rollout.decode import fast_loop_refusal, sample_tokens
 
@@ -34,7 +36,10 @@ class TransformersRollout:
         self.eos = eos_token_ids(tokenizer, model.config)
 
     @torch.no_grad()
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed) -> RolloutBatch:
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, policy_features=False) -> RolloutBatch:
+        """``policy_features``: the batch also carries the sampled responses' log-probs, entropies and Phi
+        under the sampling policy at ``temperature`` (``RolloutBatch.policy_features``), computed from the
+        sampling loop's own logits; None where the loop is refused (``fast_loop_refusal``)."""
         expanded = [p for p in prompts for _ in range(n)]
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, expanded, self.chat_template)
         generator_state = torch.random.get_rng_state()
@@ -43,11 +48,17 @@ class TransformersRollout:
         self.model.eval()
         responses: list[list[int]] = []
         sampler_logprobs: list[list[float]] = []
+        weight = lm_head_parameters(self.model)[0]
+        streamed = policy_features and not self.use_generate and fast_loop_refusal(self.model) is None
+        parts: list[SequenceFeatures] = []
         try:
             for start in range(0, len(expanded), self.batch_size):
                 ids = prompt_ids[start : start + self.batch_size].to(self.model.device)
                 mask = prompt_mask[start : start + self.batch_size].to(self.model.device)
-                new_tokens, step_logits = self.sample(ids, mask, temperature, top_p, max_new_tokens)
+                features = DecodingFeatures(ids.shape[0], weight.shape[0], ids.device) if streamed else None
+                new_tokens, step_logits = self.sample(ids, mask, temperature, top_p, max_new_tokens, features)
+                if features is not None:
+                    parts.append(features.finish(weight))
                 for row in new_tokens.tolist():
                     responses.append(truncate_at_eos(row, self.eos))
                 if self.return_logprobs:
@@ -62,10 +73,21 @@ class TransformersRollout:
         reported = None
         if self.return_logprobs:
             reported = right_pad([lp[: len(r)] for lp, r in zip(sampler_logprobs, responses)], 0.0, torch.float32)[0]
-        return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, texts, reported)
+        policy = None
+        if parts:
+            width = response_ids.shape[1]
+            policy = SequenceFeatures(
+                phi=torch.cat([part.phi for part in parts]),
+                logprobs=torch.cat([F.pad(part.logprobs, (0, width - part.logprobs.shape[1])) for part in parts]),
+                entropy=torch.cat([F.pad(part.entropy, (0, width - part.entropy.shape[1])) for part in parts]),
+            )
+        return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, texts, reported, policy)
 
-    def sample(self, ids, mask, temperature, top_p, max_new_tokens) -> tuple[torch.Tensor, tuple | list | None]:
-        """New tokens [b, steps] of one batch (finished rows padded), and each step's raw logits if kept."""
+    def sample(
+        self, ids, mask, temperature, top_p, max_new_tokens, features: DecodingFeatures | None = None
+    ) -> tuple[torch.Tensor, tuple | list | None]:
+        """New tokens [b, steps] of one batch (finished rows padded), and each step's raw logits if kept;
+        ``features`` (only where ``fast_loop_refusal`` is None) accumulates the policy's features."""
         pad, eos = self.tokenizer.pad_token_id, sorted(self.eos)
         if not self.use_generate and fast_loop_refusal(self.model) is None:
             return sample_tokens(
@@ -78,6 +100,7 @@ class TransformersRollout:
                 pad_token_id=pad,
                 eos_token_ids=eos,
                 keep_logits=self.return_logprobs,
+                features=features,
             )
         out = self.model.generate(
             input_ids=ids,

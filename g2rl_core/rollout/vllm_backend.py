@@ -76,7 +76,9 @@ class VLLMRollout:
         )
         self.eos = eos_token_ids(tokenizer, self.llm.llm_engine.model_config.hf_config)
 
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed) -> RolloutBatch:
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, policy_features=False) -> RolloutBatch:
+        if policy_features:  # TrainConfig refuses old_policy_from_rollout with vLLM first; this guards direct calls
+            raise ValueError("vLLM reports sampled log-probs only, not the full distributions Phi needs")
         from vllm import SamplingParams
 
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, self.chat_template)

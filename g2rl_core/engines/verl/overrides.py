@@ -76,6 +76,7 @@ NOT_IN_VERL_KEYS = {
     "rollout": "rollout.name, below",
     "feature_chunk_size": "verl computes Phi from its own logits (engine.PhiCaptureEngine)",
     "threads": "CPU threads of the native engine",
+    "old_policy_from_rollout": "verl recomputes the old policy's log-probs (and Phi) in its own forward pass",
     "device": "verl places its workers on the Ray cluster's GPUs",
     "precision": "verl's FSDP engine has its own mixed-precision settings (bf16 compute by default)",
     "loggers": "verl's trainer.logger has its own names (console, wandb, ...)",
