@@ -272,7 +272,9 @@ class TrainConfig:
     device: str = "auto"  # torch device of policy, reference and every batch tensor ("auto": cuda if available)
     precision: str = "float32"  # "float32" or "bf16": weights and compute of policy and reference (Phi sums: float32)
     gradient_checkpointing: bool = False  # recompute decoder activations in the update's backward (HF's switch)
-    log_prob_micro_batch_size: int = 8  # responses per no-grad forward (old policy + Phi, reference); verl's name
+    log_prob_micro_batch_size: int = (
+        8  # responses per no-grad forward (old policy + Phi unless below, reference); verl's name
+    )
     # native engine: the old policy's log-probs, entropies and Phi come from the sampling loop's own logits
     # (the policy samples itself, float32), not from a separate no-grad pass over the batch; equal to
     # float32 rounding. Needs the transformers back-end and float32; where that loop is refused (GPU:
@@ -321,7 +323,7 @@ class TrainConfig:
             raise ConfigError(
                 f"old_policy_from_rollout needs rollout.backend: transformers and precision: float32 (got "
                 f"{self.rollout.backend!r}, {self.precision!r}): vLLM reports no full distributions, and bf16 "
-                "decoding and a bf16 forward pass differ by far more than rounding"
+                "decoding and a bf16 forward pass differ by far more than rounding; set old_policy_from_rollout: false"
             )
         for name in self.loggers:
             if name not in LOGGERS or self.loggers.count(name) > 1:

@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_flatten
 
 from g2rl_core.maths import features
 from g2rl_core.maths.features import (
+    DecodingFeatures,
     PhiSums,
     causal_lm_sequence_features,
     final_hidden_states,
@@ -400,3 +401,25 @@ def test_low_precision_head_is_projected_in_float32_blocks(monkeypatch):
     got = features._project_residual(residual, W)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, residual @ W.float(), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), temperature=st.floats(0.3, 2.0))
+def test_decoding_features_step_by_step_equal_the_fused_pass(seed, temperature):
+    """Fed each step's z_t / T and p_t (as a sampler has them), Phi, log-probs and entropies are the pass's."""
+    h, W, b, ids, mask = _random_head(seed, dtype=torch.float32)
+    mask[:, 0] = 1  # the first row has a token; holes elsewhere are steps a row does not take
+    B, T, _ = h.shape
+    stream = DecodingFeatures(B, W.shape[0], h.device)
+    for t in range(T):
+        scores = (h[:, t] @ W.T + b) / temperature
+        stream.add(scores, torch.softmax(scores, -1), ids[:, t], mask[:, t].bool())
+    got = stream.finish(W)
+    fused = sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=temperature)
+    literal = literal_sequence_features(
+        h.double(), W.double(), ids, mask, lm_head_bias=b.double(), temperature=temperature
+    )
+    torch.testing.assert_close(got.phi, fused.phi, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.phi.double(), literal, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.logprobs, fused.logprobs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.entropy, fused.entropy, rtol=1e-5, atol=1e-5)

@@ -323,13 +323,29 @@ def test_policy_features_of_the_sampling_loop_equal_an_old_policy_pass(policy, b
         model, got.prompt_ids, got.prompt_mask, got.response_ids, got.response_mask, temperature=temperature
     )
     feats, mask = got.policy_features, got.response_mask.bool()
-    assert got.response_mask.sum(1).unique().numel() > 1  # rows end at different steps
+    lengths = got.response_mask.sum(1)
+    assert lengths.unique().numel() > 1  # rows end at different steps
+    if batch_size < lengths.numel():  # and sampling batches at different steps: their columns are padded
+        assert lengths.split(batch_size).__len__() > 1
+        assert len({int(part.max()) for part in lengths.split(batch_size)}) > 1
     assert feats.logprobs.shape == feats.entropy.shape == got.response_ids.shape
     assert torch.all(feats.logprobs[~mask] == 0) and torch.all(feats.entropy[~mask] == 0)
     torch.testing.assert_close(feats.logprobs[mask], expected.logprobs[mask], rtol=0, atol=2e-5)
     torch.testing.assert_close(feats.entropy[mask], expected.entropy[mask], rtol=0, atol=2e-5)
     torch.testing.assert_close(feats.phi, expected.phi, rtol=1e-4, atol=1e-6)
     assert expected.phi.abs().max() > 1e-2  # a scale at which the tolerance means something
+
+
+def test_policy_features_when_every_row_is_cut_at_max_new_tokens(policy):
+    model, tokenizer, prompts = policy
+    backend = TransformersRollout(model, tokenizer)
+    got = backend.generate(prompts[:3], n=2, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=3, policy_features=True)
+    expected = causal_lm_sequence_features(
+        model, got.prompt_ids, got.prompt_mask, got.response_ids, got.response_mask, temperature=1.0
+    )
+    assert got.response_ids.shape[1] <= 2
+    torch.testing.assert_close(got.policy_features.phi, expected.phi, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got.policy_features.logprobs, expected.logprobs, rtol=0, atol=2e-5)
 
 
 def test_policy_features_are_absent_where_the_loop_is_refused(policy):

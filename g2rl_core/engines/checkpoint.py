@@ -284,9 +284,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads((path / CONFIG).read_text())
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = RESULT_NEUTRAL):
-    """Names of the fields whose values differ (compared as JSON, so tuples equal lists)."""
-    current = json.loads(json.dumps(current))
+def config_differences(saved: dict[str, Any], current, ignore: Iterable[str] = RESULT_NEUTRAL) -> list[str]:
+    """Names of the fields of ``current`` (a config dataclass) and ``saved`` whose values differ (compared as
+    JSON, so tuples equal lists).
+
+    A field that ``saved`` lacks was added after the checkpoint was written; it counts as the field's
+    default, since a new setting's default is what the code did before the setting existed.
+    """
+    if not isinstance(saved, dict):  # a damaged sidecar matches nothing
+        saved = {}
+    saved = json.loads(json.dumps(type(current)().to_dict())) | saved
+    current = json.loads(json.dumps(current.to_dict()))
     missing = object()
     keys = (set(saved) | set(current)) - set(ignore)
     return sorted(k for k in keys if saved.get(k, missing) != current.get(k, missing))

@@ -11,7 +11,7 @@ reward transform in ``methods.METHODS``. Design choices:
   ("auto": the GPU when there is one); ``precision: bf16`` holds weights and runs the decoder in
   bfloat16, while Phi's softmax, log-probs, entropies and sums stay float32 (``features``
   accumulates in float32 for any non-float64 input), and so do the loss and advantages.
-- Every no-grad pass (old policy with Phi, reference) runs over micro-batches of
+- Every no-grad pass (old policy with Phi unless ``old_policy_from_rollout``, reference) runs over micro-batches of
   ``log_prob_micro_batch_size`` responses, each trimmed to its own padding width, so its peak
   memory depends on the micro-batch, not on prompts_per_step x rollouts_per_prompt.
   ``gradient_checkpointing`` recomputes decoder activations in the update's backward.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -67,6 +68,7 @@ from g2rl_core.plan import require_fit
 from g2rl_core.prompt_order import step_prompts
 from g2rl_core.provenance import forget_run_info
 from g2rl_core.rollout import RolloutBatch, make_rollout
+from g2rl_core.rollout.decode import fast_loop_refusal
 from g2rl_core.runlock import run_lock
 from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
 
@@ -219,7 +221,7 @@ class Trainer:
             legacy = out / ckpt.LEGACY_NAME
             latest = ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS)
             stale = legacy.exists() or (
-                latest is not None and bool(ckpt.config_differences(ckpt.read_config(latest), cfg.to_dict()))
+                latest is not None and bool(ckpt.config_differences(ckpt.read_config(latest), cfg))
             )
             if stale:
                 legacy.unlink(missing_ok=True)
@@ -240,7 +242,7 @@ class Trainer:
             self.log_path.unlink(missing_ok=True)
             forget_run_info(self.out)
             return
-        changed = ckpt.config_differences(ckpt.read_config(latest), self.cfg.to_dict())
+        changed = ckpt.config_differences(ckpt.read_config(latest), self.cfg)
         if changed:
             raise ConfigError(f"{latest} was written with a different config (fields {changed}); use a new --out")
         state = ckpt.load_checkpoint(latest, self.model)
@@ -364,6 +366,12 @@ class Trainer:
         self.model.eval()
         old = batch.policy_features  # old_policy_from_rollout: the sampling loop's own, else a pass of its own
         if old is None:
+            if cfg.old_policy_from_rollout:
+                warnings.warn(
+                    f"old_policy_from_rollout: the sampling loop is refused here ({fast_loop_refusal(self.model)}), "
+                    "so the old-policy pass runs",
+                    stacklevel=1,
+                )
             old = micro_batched_features(
                 self.model,
                 batch,

@@ -384,7 +384,7 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, restart_on_config_change: bool)
             old = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        changed = ckpt.config_differences(old, cfg.to_dict())
+        changed = ckpt.config_differences(old, cfg)
         if changed and not restart_on_config_change:
             raise ConfigError(
                 f"{config_path} was written with a different config (fields {changed}); use a new --out "

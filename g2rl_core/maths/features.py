@@ -436,6 +436,7 @@ class DecodingFeatures:
         self.residual.addcmul_(probs, weight.unsqueeze(-1), value=-1.0)
         self.lengths += weight
 
+    @torch.no_grad()
     def finish(self, lm_head_weight: Tensor) -> SequenceFeatures:
         """phi [b, d], logprobs and entropy [b, steps] (0 after a row's last token)."""
         phi = phi_from_sums(PhiSums(weighted=_project_residual(self.residual, lm_head_weight), weight=self.lengths))

@@ -48,8 +48,8 @@ class TransformersRollout:
         self.model.eval()
         responses: list[list[int]] = []
         sampler_logprobs: list[list[float]] = []
-        weight = lm_head_parameters(self.model)[0]
         streamed = policy_features and not self.use_generate and fast_loop_refusal(self.model) is None
+        weight = lm_head_parameters(self.model)[0] if streamed else None
         parts: list[SequenceFeatures] = []
         try:
             for start in range(0, len(expanded), self.batch_size):
