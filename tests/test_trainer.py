@@ -385,7 +385,7 @@ def test_the_old_policy_pass_runs_where_the_sampling_loop_is_refused(tiny_base, 
 
     cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=1, old_policy_from_rollout=True)
     trainer = Trainer(cfg, tmp_path)
-    trainer.backend.use_generate = True  # what a refusal (a GPU, another architecture) leads to
+    trainer.backend.use_generate = True  # what a refusal (a GPU, an encoder-decoder model) leads to
     calls = []
     real = native.micro_batched_features
     monkeypatch.setattr(native, "micro_batched_features", lambda *a, **k: calls.append(1) or real(*a, **k))
