@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_qwen3
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -405,14 +405,17 @@ def test_low_precision_head_is_projected_in_float32_blocks(monkeypatch):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), temperature=st.floats(0.3, 2.0))
+@example(seed=585, temperature=0.3)  # entropy off by 1.1e-5: rounding at max |z / T| = 114
 def test_decoding_features_step_by_step_equal_the_fused_pass(seed, temperature):
     """Fed each step's z_t / T and p_t (as a sampler has them), Phi, log-probs and entropies are the pass's."""
     h, W, b, ids, mask = _random_head(seed, dtype=torch.float32)
     mask[:, 0] = 1  # the first row has a token; holes elsewhere are steps a row does not take
     B, T, _ = h.shape
     stream = DecodingFeatures(B, W.shape[0], h.device)
+    largest = 0.0
     for t in range(T):
         scores = (h[:, t] @ W.T + b) / temperature
+        largest = max(largest, scores.abs().max().item())
         stream.add(scores, torch.softmax(scores, -1), ids[:, t], mask[:, t].bool())
     got = stream.finish(W)
     fused = sequence_features(h, W, ids, mask, lm_head_bias=b, temperature=temperature)
@@ -421,5 +424,8 @@ def test_decoding_features_step_by_step_equal_the_fused_pass(seed, temperature):
     )
     torch.testing.assert_close(got.phi, fused.phi, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.phi.double(), literal, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got.logprobs, fused.logprobs, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got.entropy, fused.entropy, rtol=1e-5, atol=1e-5)
+    # log p and H are differences of float32 terms as large as max |z / T| (over 100 at T = 0.3), whose
+    # rounding the two orders of summation do not share: up to 3.3 eps * max |z / T| over 12,000 draws
+    rounding = 8 * torch.finfo(torch.float32).eps * largest
+    torch.testing.assert_close(got.logprobs, fused.logprobs, rtol=1e-5, atol=rounding)
+    torch.testing.assert_close(got.entropy, fused.entropy, rtol=1e-5, atol=rounding)
