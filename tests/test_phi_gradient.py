@@ -283,6 +283,21 @@ def test_random_point_of_the_sweep():
     assert row["length_mean"] == 4 and 0 <= row["negative_share"] <= 1 and row["entropy_mean"] > 0
 
 
+def test_a_skewed_phi_has_a_positive_mean_cosine_although_its_mean_is_zero():
+    """Sampler = p: E Phi = 0 (score-function identity), yet E[Phi/|Phi|] need not be (docs/phi_vs_gradient.md).
+
+    Peaked p and one-token responses: Phi is a small vector towards the likely token or a long one away from it,
+    so most pairs agree (the docs' p = (0.9, 0.1) example: 0.64 and 18%). Over 8 tokens the sum is nearly
+    symmetric and the mean cosine is back at 0.
+    """
+    from g2rl_core.analysis.phi_sweep import RandomPoint, random_point
+
+    short = random_point(RandomPoint(length=1, logit_scale=64.0), groups=16, samples=8)
+    assert short["phi_cos_low"] > 0.3 and short["negative_share"] < 0.3
+    longer = random_point(RandomPoint(length=8, logit_scale=64.0), groups=16, samples=8)
+    assert longer["phi_cos_low"] < 0 < longer["phi_cos_high"] and abs(longer["phi_cos_mean"]) < 0.05
+
+
 # --- the sweep's helpers -------------------------------------------------------------------------
 
 
