@@ -427,6 +427,9 @@ class TinyModelConfig:
         _check_positive(self, *(f.name for f in fields(self)))
 
 
+SOLUTION_FORMATS = ("steps", "answer")
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     """The ``sft`` section (tiny profile): the supervised warm start of the embedded base model."""
@@ -435,7 +438,10 @@ class SFTConfig:
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 30
-    demo_error_rate: float = 0.15  # share of demonstrations with a wrong partial sum
+    demo_error_rate: float = 0.15  # chance that each partial sum of a demonstration is off by one
+    # what a demonstration writes: "steps" (each partial sum, then \boxed{sum}; the tiny task) or
+    # "answer" (\boxed{sum} alone, its errors those of the unwritten steps; the tiny-direct task)
+    solution_format: str = "steps"
     choice_fraction: float = 0.15  # share of batches of multiple-choice demonstrations
     seed: int = 0  # model initialisation and batches
     task_seed: int = 0  # the synthetic task's problems
@@ -445,6 +451,7 @@ class SFTConfig:
         _check_fields(self)
         _check_positive(self, "steps", "batch_size", "lr")
         _check_non_negative(self, "warmup_steps", "seed", "task_seed")
+        _check_choice(self, "solution_format", SOLUTION_FORMATS)
         for name in ("demo_error_rate", "choice_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} must be in [0, 1]")

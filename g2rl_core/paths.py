@@ -14,9 +14,9 @@ ARTIFACTS = Path("artifacts")
 RESULTS = Path("results")
 
 
-def tiny_build() -> Path:
-    """The embedded base model and task data (``g2rl sft``)."""
-    return BUILD / "tiny"
+def embedded_build(profile: str = "tiny") -> Path:
+    """An embedded profile's base model and task data (``g2rl sft --profile PROFILE``)."""
+    return BUILD / profile
 
 
 def runs_dir(profile: str) -> Path:

@@ -72,7 +72,8 @@ def test_dvc_paths_are_the_paths_module():
     assert render(ablation_out, profile=profile, variant="centered", lam=0.5, seed=seed) == str(
         paths.ablation_run_dir(profile, "centered", 0.5, seed)
     )
-    assert render(dvc["sft"]["outs"][0]) == str(paths.tiny_build())
+    for embedded in dvc["sft"]["foreach"]:
+        assert render(dvc["sft"]["do"]["outs"][0], item=embedded) == str(paths.embedded_build(embedded))
     table = next(iter(dvc["table"]["do"]["outs"][0]))
     assert render(table, profile=profile, item="table1_main_results") == str(
         paths.results_dir(profile) / "table1_main_results.csv"

@@ -121,6 +121,7 @@ PAPER_FIG3 = {
 # the paper's numbers each profile's tables stand beside (paper-smoke: paper-1_7b at toy size)
 PAPER_MODEL_FOR_PROFILE = {
     "tiny": "Qwen3-1.7B-Base",
+    "tiny-direct": "Qwen3-1.7B-Base",
     "paper-1_7b": "Qwen3-1.7B-Base",
     "paper-4b": "Qwen3-4B-Base",
     "paper-smoke": "Qwen3-1.7B-Base",
@@ -529,8 +530,8 @@ def stage_records(profile: str, root: str | Path = ".") -> list[dict]:
     """Every stage's ``run_info.json`` (machine, command, wall time) of the profile's pipeline under ``root``."""
     root = Path(root)
     folders = [
-        paths.BUILD / profile,
-        paths.tiny_build(),
+        paths.embedded_build(profile),
+        paths.embedded_build("tiny"),  # the phi_sweep stage's base
         paths.runs_dir(profile),
         paths.ablation_runs_dir(profile),
         paths.ARTIFACTS / profile,

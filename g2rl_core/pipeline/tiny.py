@@ -13,6 +13,15 @@ MATH500 / AMC / AIME24 / AIME25; a four-option multiple-choice variant plays GPQ
 The supervised warm start (``sft``) trains on demonstrations in which each partial sum is
 wrong with probability ``demo_error_rate``: the resulting "base model" is right often enough
 for RL to have signal, and wrong often enough for RL to have something to fix.
+
+``solution_format = "answer"`` (the tiny-direct profile) writes only the final ``\\boxed{17}``,
+wrong as often as the unwritten steps would make it. A response is then ~5 tokens of which one
+or two (the digits) are uncertain, so Phi is dominated by a few skewed tokens and the
+within-group Phi geometry is structured (docs/phi_vs_gradient.md says why the steps format
+gives near-random geometry).
+
+The ``valid`` split is for design choices (learning rate, steps) and the training-time
+validation curve; it draws after every other split, so adding it left them unchanged.
 """
 
 from __future__ import annotations
@@ -102,11 +111,19 @@ SPLITS = [
     SplitSpec("hardest", (6, 6), 15, 64, plays="AIME25"),
     SplitSpec("choice", (4, 4), 9, 64, kind="choice", plays="GPQA-Diamond"),
     SplitSpec("choice10", (3, 5), 9, 96, kind="choice", options=10, plays="MMLU-Pro"),
+    SplitSpec("valid", (3, 5), 9, 64, plays="validation: design choices, never reported as a result"),
 ]
+# Splits draw in this order (others first); "train" and "valid" draw last so they cannot use up
+# the held-out problems, and "valid" after "train" so that adding it changed no other split.
+DRAW_LAST = ("train", "valid")
 
 
-def solution(terms: list[int], rng: random.Random, error_rate: float = 0.0) -> str:
-    """Add the terms one at a time in a random order; each partial sum is off by one w.p. error_rate."""
+def solution(terms: list[int], rng: random.Random, error_rate: float = 0.0, solution_format: str = "steps") -> str:
+    """Add the terms one at a time in a random order; each partial sum is off by one w.p. error_rate.
+
+    "steps" writes every partial sum and the boxed total; "answer" writes the boxed total alone
+    (the same random draws, so the same total as "steps" would reach).
+    """
     order = terms[:]
     rng.shuffle(order)
     total, steps = order[0], []
@@ -116,6 +133,8 @@ def solution(terms: list[int], rng: random.Random, error_rate: float = 0.0) -> s
             new_total += rng.choice([-1, 1])
         steps.append(f"{total}+{term}={new_total}")
         total = new_total
+    if solution_format == "answer":
+        return f"\\boxed{{{total}}}"
     return ",".join(steps) + f",\\boxed{{{total}}}"
 
 
@@ -145,7 +164,7 @@ def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     seen: set[tuple[int, ...]] = set()
     paths = {}
     # Held-out splits draw first, so the training split cannot use up their problems.
-    for split in sorted(SPLITS, key=lambda s: s.name == "train"):
+    for split in sorted(SPLITS, key=lambda s: DRAW_LAST.index(s.name) + 1 if s.name in DRAW_LAST else 0):
         rows: list[dict] = []
         for _attempt in range(100 * split.size):
             if len(rows) == split.size:
@@ -166,11 +185,11 @@ def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def demonstration(row: dict, rng: random.Random, error_rate: float) -> tuple[str, str]:
+def demonstration(row: dict, rng: random.Random, error_rate: float, solution_format: str = "steps") -> tuple[str, str]:
     """(prompt, response) for supervised warm-up; the answer follows the (possibly wrong) steps."""
     if "problem" in row:
-        return math_prompt(row["problem"]), solution(row["terms"], rng, error_rate)
-    steps = solution(row["terms"], rng, error_rate)
+        return math_prompt(row["problem"]), solution(row["terms"], rng, error_rate, solution_format)
+    steps = solution(row["terms"], rng, error_rate, solution_format)
     total = steps.rsplit("{", 1)[1].rstrip("}")
     letters = CHOICE_LETTERS[: len(row["choices"])]
     letter = letters[row["choices"].index(total)] if total in row["choices"] else rng.choice(letters)
@@ -199,7 +218,10 @@ def sft(model, tokenizer, train_rows: list[dict], choice_rows: list[dict], cfg: 
     for _ in tqdm(range(cfg.steps), desc="sft", mininterval=2):
         # One pool per batch: multiple-choice prompts are long, and mixing would pad every batch to them.
         pool = choice_rows if choice_rows and rng.random() < cfg.choice_fraction else train_rows
-        pairs = [demonstration(rng.choice(pool), rng, cfg.demo_error_rate) for _ in range(cfg.batch_size)]
+        pairs = [
+            demonstration(rng.choice(pool), rng, cfg.demo_error_rate, cfg.solution_format)
+            for _ in range(cfg.batch_size)
+        ]
         ids, labels = _sft_batch(tokenizer, pairs)
         logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
         loss = torch.nn.functional.cross_entropy(
