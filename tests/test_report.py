@@ -247,3 +247,64 @@ def test_run_info_of_a_resumed_run_totals_its_processes(tmp_path, monkeypatch):
     (tmp_path / "run_info.json").write_text(" " * (2 << 20))
     with pytest.raises(G2RLError, match=r"run_info.json: 2097152 bytes, not a run_info record"):
         write_run_info(tmp_path, "train", 1.0, resumable=True)
+
+
+def _geometry_pairs(shifts: dict[str, float], seed_sd: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Within-group pairs of 20 problems x 28 pairs, 3 seeds per method; Phi-cosines around each method's shift."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, shift in shifts.items():
+        for s in range(3):
+            offset = rng.normal(0, seed_sd)
+            for p in range(20):
+                for cos in rng.normal(shift + offset, 0.3, size=28):
+                    rows.append(
+                        {"method": method, "seed": s, "problem_id": f"p{p}", "phi_cos": cos, "semantic_cos": 0.5}
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_geometry_differences_recover_a_known_shift_and_find_none_where_there_is_none():
+    from scipy.stats import norm
+
+    from g2rl_core.pipeline.report import geometry_differences
+
+    table = geometry_differences(_geometry_pairs({"grpo": 0.3, "g2rl": 0.1}), ["grpo", "g2rl"]).set_index("quantity")
+    cos = table.loc["phi_cos_mean"]
+    assert cos.ci_low < -0.2 < cos.ci_high and cos.significant and cos.ci_high < 0
+    # negative share: P(N(0.1, 0.3) < 0) - P(N(0.3, 0.3) < 0), in points
+    expected = 100 * (norm.cdf(-0.1 / 0.3) - norm.cdf(-1.0))
+    neg = table.loc["negative_pair_share"]
+    assert neg.ci_low < expected < neg.ci_high and neg.significant and neg.ci_low > 0
+    assert not table.loc["semantic_cos_mean"].significant  # identical in both
+    same = geometry_differences(_geometry_pairs({"grpo": 0.3, "g2rl": 0.3}, seed=1), ["grpo", "g2rl"])
+    assert not same.significant.any(), same
+
+
+def test_geometry_differences_widen_with_seed_to_seed_variation():
+    from g2rl_core.pipeline.report import geometry_differences
+
+    def width(seed_sd):
+        t = geometry_differences(_geometry_pairs({"grpo": 0.3, "g2rl": 0.1}, seed_sd=seed_sd), ["grpo", "g2rl"])
+        row = t.set_index("quantity").loc["phi_cos_mean"]
+        return row.ci_high - row.ci_low
+
+    assert width(0.2) > 2 * width(0.0)
+
+
+def test_significance_summary_gives_figure_3_differences_and_keeps_them_out_of_the_tables_count(tmp_path):
+    columns = ["method", "baseline", "benchmark", "metric", "difference", "ci_low", "ci_high", "significant"]
+    rows = [("G2RL", "GRPO", "MATH500", "pass@1", 1.0, -1.0, 3.0, False)]
+    pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "table1_main_results_vs_grpo.csv", index=False)
+    geometry = [
+        ("G2RL", "GRPO", "phi_cos_mean", -0.08, -0.12, -0.04, True, 30, 3),
+        ("G2RL", "GRPO", "negative_pair_share", 4.5, -1.0, 9.0, False, 30, 3),
+    ]
+    columns = ["method", "baseline", "quantity", "difference", "ci_low", "ci_high", "significant", "problems", "seeds"]
+    pd.DataFrame(geometry, columns=columns).to_csv(tmp_path / "fig3_geometry_vs_grpo.csv", index=False)
+    text = "\n".join(significance_summary(tmp_path))
+    assert "0 of 1 differences have a 95% interval that excludes 0" in text
+    assert "- G2RL, phi_cos_mean: -0.080 [-0.120, -0.040] (excludes 0)" in text
+    assert "- G2RL, negative_pair_share: +4.500 points [-1.000, +9.000]\n" in text + "\n"

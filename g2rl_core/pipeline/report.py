@@ -477,10 +477,63 @@ def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+GEOMETRY_QUANTITIES = {  # Figure 3's per-problem quantities: column of the pairs, how a problem's pairs reduce
+    "phi_cos_mean": ("phi_cos", "mean"),
+    "negative_pair_share": ("phi_cos", lambda s: float((s < 0).mean())),
+    "semantic_cos_mean": ("semantic_cos", "mean"),
+}
+
+
+def geometry_differences(
+    pairs: pd.DataFrame, methods: Sequence[str], *, baseline: str = "grpo", n_resamples: int = 2000
+) -> pd.DataFrame:
+    """Figure 3's quantities, each method minus ``baseline``, with a hierarchical bootstrap 95% CI.
+
+    Per seed and problem: the mean Phi-cosine, the share of negative Phi-cosines and the mean
+    semantic cosine over the problem's within-group pairs. The difference of the two methods' means
+    over seeds and problems; the interval resamples the problems (paired: every policy samples the
+    same geometry problems) and each method's seeds (``hierarchical_bootstrap``). The negative
+    share is in points.
+    """
+    per_problem = pairs.groupby(["method", "seed", "problem_id"]).agg(**GEOMETRY_QUANTITIES).reset_index()
+    present = set(per_problem.method)
+    if baseline not in present:
+        return pd.DataFrame()
+
+    def matrix(method: str, column: str, problems: list[str]) -> np.ndarray:
+        sub = per_problem[per_problem.method == method]
+        return sub.pivot(index="seed", columns="problem_id", values=column).loc[:, problems].to_numpy(dtype=float)
+
+    rows = []
+    for method in [m for m in methods if m != baseline and m in present]:
+        problems = sorted(
+            set(per_problem.problem_id[per_problem.method == method])
+            & set(per_problem.problem_id[per_problem.method == baseline])
+        )
+        for column in GEOMETRY_QUANTITIES:
+            scale = 100 if column == "negative_pair_share" else 1
+            terms = [(1.0, matrix(method, column, problems)), (-1.0, matrix(baseline, column, problems))]
+            mean, low, high = hierarchical_bootstrap(terms, n_resamples=n_resamples)
+            rows.append(
+                {
+                    "method": method_label(method),
+                    "baseline": method_label(baseline),
+                    "quantity": column,
+                    "difference": round(scale * mean, 3),
+                    "ci_low": round(scale * low, 3),
+                    "ci_high": round(scale * high, 3),
+                    "significant": bool(low > 0 or high < 0),
+                    "problems": len(problems),
+                    "seeds": int(per_problem.seed[per_problem.method == method].nunique()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def significance_summary(folder: Path) -> list[str]:
     """The "what the results show" section, read from the paired comparisons and Figure 3's numbers."""
     parts = ["## What these results show\n"]
-    frames = [pd.read_csv(f) for f in sorted(folder.glob("*_vs_grpo.csv")) if f.stat().st_size > 1]
+    frames = [pd.read_csv(f) for f in sorted(folder.glob("table*_vs_grpo.csv")) if f.stat().st_size > 1]
     if frames:
         diffs = pd.concat(frames, ignore_index=True)
         significant = diffs[diffs.significant]
@@ -523,6 +576,16 @@ def significance_summary(folder: Path) -> list[str]:
                 )
                 + "\n"
             )
+    geometry_diffs = folder / "fig3_geometry_vs_grpo.csv"
+    if geometry_diffs.exists() and geometry_diffs.stat().st_size > 1:
+        parts.append("Figure 3, each method minus GRPO (95% interval over problems, paired, and seeds):")
+        for row in pd.read_csv(geometry_diffs).itertuples(index=False):
+            unit = " points" if row.quantity == "negative_pair_share" else ""
+            parts.append(
+                f"- {row.method}, {row.quantity}: {row.difference:+.3f}{unit} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+                + (" (excludes 0)" if row.significant else "")
+            )
+        parts.append("")
     return parts
 
 
