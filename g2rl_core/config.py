@@ -1,13 +1,14 @@
 """Typed, validated configuration, and the profiles of params.yaml.
 
-``params.yaml`` holds one block per profile (``tiny``, ``paper-1_7b``, ``paper-4b``); the
+``params.yaml`` holds one block per profile (``tiny-direct``, ``tiny``, ``paper-1_7b``, ``paper-4b``,
+``paper-smoke``); the
 top-level ``profile`` key selects the one ``dvc repro`` runs. A profile has
 
 - ``train``:    every ``TrainConfig`` field (Table 3's values for the paper profiles);
 - ``methods``:  per-method settings merged over ``train`` (e.g. ``g2rl: {shaping: {lam: 1.0}}``);
 - ``eval``:     an ``EvalSpec`` (defaults and one entry per benchmark);
 - ``geometry``: a ``GeometrySpec`` (Figure 3's sampling);
-- ``sft``:      an ``SFTConfig`` (tiny only: how the embedded base model is built);
+- ``sft``:      an ``SFTConfig`` (embedded profiles: how the base model is built);
 - ``engine``:   who trains (``native``, ``trl`` or ``verl``; default ``native``), see docs/engines.md.
 
 Every setting is declared once, below, with its meaning and default. Every error is a
@@ -432,7 +433,7 @@ SOLUTION_FORMATS = ("steps", "answer")
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """The ``sft`` section (tiny profile): the supervised warm start of the embedded base model."""
+    """The ``sft`` section (tiny, tiny-direct): the supervised warm start of the embedded base model."""
 
     steps: int = 600
     batch_size: int = 64

@@ -23,6 +23,16 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _missing_model_hint(path: str) -> str:
+    """What to do about a missing model directory: build it when it is an embedded base (``build/<profile>/base``)."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-3] == "build" and parts[-1] == "base":
+        profile = parts[-2]
+        build = f"`g2rl sft --profile {profile} --out build/{profile}` (or `dvc repro sft@{profile}`)"
+        return f"Build it with {build}, or set model to a hub name."
+    return "Set model to a model directory or a hub name."
+
+
 def load_policy(name_or_path: str, *, device: str | torch.device = "cpu", precision: str = "float32"):
     """(model, tokenizer) from a path or hub name, weights in ``precision`` ("float32" | "bf16") on ``device``.
 
@@ -32,10 +42,7 @@ def load_policy(name_or_path: str, *, device: str | torch.device = "cpu", precis
 
     looks_local = name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1
     if looks_local and not Path(name_or_path).is_dir():
-        raise ConfigError(
-            f"model = {name_or_path!r}: no such directory. Build the tiny base model with "
-            f"`g2rl sft --profile tiny --out build/tiny` (or `dvc repro sft`), or set model to a hub name."
-        )
+        raise ConfigError(f"model = {name_or_path!r}: no such directory. {_missing_model_hint(name_or_path)}")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

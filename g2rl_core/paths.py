@@ -14,7 +14,7 @@ ARTIFACTS = Path("artifacts")
 RESULTS = Path("results")
 
 
-def embedded_build(profile: str = "tiny") -> Path:
+def embedded_build(profile: str) -> Path:
     """An embedded profile's base model and task data (``g2rl sft --profile PROFILE``)."""
     return BUILD / profile
 

@@ -249,17 +249,21 @@ def test_run_info_of_a_resumed_run_totals_its_processes(tmp_path, monkeypatch):
         write_run_info(tmp_path, "train", 1.0, resumable=True)
 
 
-def _geometry_pairs(shifts: dict[str, float], seed_sd: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    """Within-group pairs of 20 problems x 28 pairs, 3 seeds per method; Phi-cosines around each method's shift."""
+def _geometry_pairs(
+    shifts: dict[str, float], seed_sd: float = 0.0, seed: int = 0, problem_sd: float = 0.0, noise: float = 0.3
+) -> pd.DataFrame:
+    """Within-group pairs of 20 problems x 28 pairs, 3 seeds per method; Phi-cosines around each method's
+    shift, plus a per-seed offset (sd ``seed_sd``) and a per-problem effect every method shares (``problem_sd``)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    problem_effect = rng.normal(0, problem_sd, size=20)
     rows = []
     for method, shift in shifts.items():
         for s in range(3):
             offset = rng.normal(0, seed_sd)
             for p in range(20):
-                for cos in rng.normal(shift + offset, 0.3, size=28):
+                for cos in rng.normal(shift + offset + problem_effect[p], noise, size=28):
                     rows.append(
                         {"method": method, "seed": s, "problem_id": f"p{p}", "phi_cos": cos, "semantic_cos": 0.5}
                     )
@@ -278,9 +282,42 @@ def test_geometry_differences_recover_a_known_shift_and_find_none_where_there_is
     expected = 100 * (norm.cdf(-0.1 / 0.3) - norm.cdf(-1.0))
     neg = table.loc["negative_pair_share"]
     assert neg.ci_low < expected < neg.ci_high and neg.significant and neg.ci_low > 0
-    assert not table.loc["semantic_cos_mean"].significant  # identical in both
-    same = geometry_differences(_geometry_pairs({"grpo": 0.3, "g2rl": 0.3}, seed=1), ["grpo", "g2rl"])
-    assert not same.significant.any(), same
+    assert table.loc["semantic_cos_mean"].difference == 0.0
+    # no true difference: a 95% interval excludes 0 about 1 time in 20 (30 draws: 1.5 expected, P(>= 5) ~ 2%)
+    false_positives = sum(
+        geometry_differences(_geometry_pairs({"grpo": 0.3, "g2rl": 0.3}, seed=s), ["grpo", "g2rl"], n_resamples=500)
+        .set_index("quantity")
+        .loc["phi_cos_mean"]
+        .significant
+        for s in range(1, 31)
+    )
+    assert false_positives <= 4
+
+
+def test_geometry_differences_pair_the_problems():
+    """A small shift under a large per-problem effect that both methods share: only a paired interval finds it."""
+    from g2rl_core.pipeline.report import geometry_differences, hierarchical_bootstrap
+
+    pairs = _geometry_pairs({"grpo": 0.3, "g2rl": 0.25}, problem_sd=0.3, noise=0.05)
+    row = geometry_differences(pairs, ["grpo", "g2rl"]).set_index("quantity").loc["phi_cos_mean"]
+    assert row.ci_low < -0.05 < row.ci_high and row.ci_high < 0
+    # the same data with one method's problems shuffled: no longer paired, and the interval covers 0
+    means = pairs.groupby(["method", "seed", "problem_id"]).phi_cos.mean().unstack()
+    g2rl, grpo = means.loc["g2rl"].to_numpy(), means.loc["grpo"].to_numpy()
+    _, low, high = hierarchical_bootstrap([(1.0, g2rl), (-1.0, grpo[:, ::-1])])
+    assert low < 0 < high
+
+
+def test_geometry_differences_use_only_problems_every_seed_has():
+    from g2rl_core.pipeline.report import geometry_differences
+
+    pairs = _geometry_pairs({"grpo": 0.3, "g2rl": 0.1})
+    gap = pairs[~((pairs.method == "g2rl") & (pairs.seed == 1) & (pairs.problem_id == "p3"))]
+    table = geometry_differences(gap, ["grpo", "g2rl"])
+    assert (table.problems == 19).all() and table.difference.notna().all()
+    assert geometry_differences(pairs[pairs.method == "g2rl"], ["grpo", "g2rl"]).empty  # no baseline
+    apart = pairs.assign(problem_id=[f"{m}{p}" for m, p in zip(pairs.method, pairs.problem_id)])
+    assert geometry_differences(apart, ["grpo", "g2rl"]).empty  # no problem in common
 
 
 def test_geometry_differences_widen_with_seed_to_seed_variation():

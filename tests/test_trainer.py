@@ -161,8 +161,11 @@ def test_config_errors_name_field_value_and_choices(tiny_base, tmp_path):
         load_profile("huge", tiny_base / "params.yaml")
     with pytest.raises(ConfigError, match="no parameter file"):
         load_profile("tiny", tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="g2rl sft --profile tiny"):
-        load_policy("build/does-not-exist/base")
+    with pytest.raises(ConfigError, match=r"`g2rl sft --profile tiny-nope --out build/tiny-nope`"):
+        load_policy("build/tiny-nope/base")  # an embedded profile's base: how to build it
+    with pytest.raises(ConfigError, match=r"no such directory\. Set model to a model directory or a hub name") as err:
+        load_policy(str(tmp_path / "elsewhere"))
+    assert "g2rl sft" not in str(err.value)
 
 
 def test_cli_reports_errors_without_traceback(tiny_base, tmp_path):

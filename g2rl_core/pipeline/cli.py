@@ -1,10 +1,10 @@
 """The ``g2rl`` command line.
 
-    g2rl sft      --profile tiny --out build/tiny
-    g2rl train    --profile tiny --method g2rl --seed 0 --out runs/tiny/g2rl/seed0 [--set shaping.lam=2]
-    g2rl eval     --profile tiny --model runs/tiny/g2rl/seed0/final --method g2rl --seed 0 --out DIR
-    g2rl geometry --profile tiny --runs runs/tiny --out artifacts/tiny/geometry
-    g2rl report   --profile tiny
+    g2rl sft      --profile tiny-direct --out build/tiny-direct
+    g2rl train    --profile tiny-direct --method g2rl --seed 0 --out runs/tiny-direct/g2rl/seed0 [--set shaping.lam=2]
+    g2rl eval     --profile tiny-direct --model runs/tiny-direct/g2rl/seed0/final --method g2rl --seed 0 --out DIR
+    g2rl geometry --profile tiny-direct --runs runs/tiny-direct --out artifacts/tiny-direct/geometry
+    g2rl report   --profile tiny-direct
     g2rl prepare-data --profile paper-1_7b --format verl --out build/paper-1_7b/verl
     g2rl plan     --profile paper-1_7b [--device-memory-gib 80]
 
@@ -102,7 +102,7 @@ def runtime_overrides(profile, pairs: list[str]) -> tuple[str | None, RolloutCon
 
 
 def cmd_sft(args) -> Path:
-    """Build the tiny base: task data, tokenizer and random Qwen3 model, supervised warm start."""
+    """Build an embedded base (tiny, tiny-direct): task data, tokenizer, random Qwen3, supervised warm start."""
     from g2rl_core.pipeline import tiny
 
     profile = load_profile(args.profile, args.params)
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("sft", cmd_sft, "build the tiny base model (tiny profile)")
+    p = command("sft", cmd_sft, "build an embedded base model and its task data (tiny, tiny-direct)")
     p.add_argument("--out", required=True)
 
     p = command("smoke-base", cmd_smoke_base, "build the paper-smoke base model (random tiny Qwen3, chat tokenizer)")

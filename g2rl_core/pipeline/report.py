@@ -183,10 +183,10 @@ def per_seed_metrics(run_samples: pd.DataFrame, metrics: Sequence[str]) -> pd.Da
     return pd.concat(per_seed, ignore_index=True)
 
 
-def seed_problem_matrix(per_seed: pd.DataFrame, metric: str, problems: Sequence[str]) -> np.ndarray:
-    """[seeds, problems] values of one metric, columns in the order of ``problems``."""
-    table = per_seed[per_seed.metric == metric].pivot(index="seed", columns="problem_id", values="value")
-    return table.loc[:, list(problems)].to_numpy(dtype=float)
+def seed_problem_matrix(rows: pd.DataFrame, problems: Sequence[str], values: str = "value") -> np.ndarray:
+    """[seeds, problems] of column ``values`` of rows (seed, problem_id, ...), columns in the order of ``problems``."""
+    table = rows.pivot(index="seed", columns="problem_id", values=values)
+    return table.reindex(columns=list(problems)).to_numpy(dtype=float)
 
 
 def hierarchical_bootstrap(
@@ -240,8 +240,8 @@ def paired_differences(
                 if not problems:
                     continue
                 terms = [
-                    (1.0, seed_problem_matrix(other, metric, problems)),
-                    (-1.0, seed_problem_matrix(base, metric, problems)),
+                    (1.0, seed_problem_matrix(other[other.metric == metric], problems)),
+                    (-1.0, seed_problem_matrix(base[base.metric == metric], problems)),
                 ]
                 mean, low, high = hierarchical_bootstrap(terms, n_resamples=n_resamples)
                 rows.append(
@@ -274,7 +274,7 @@ def metric_table(samples: pd.DataFrame, metrics: Sequence[str], *, n_resamples: 
             problems = sorted(set(per_seed.problem_id[per_seed.metric == metric]))
             if not problems:
                 continue
-            matrix = seed_problem_matrix(per_seed, metric, problems)
+            matrix = seed_problem_matrix(per_seed[per_seed.metric == metric], problems)
             mean, low, high = hierarchical_bootstrap([(1.0, matrix)], n_resamples=n_resamples)
             rows.append(
                 {
@@ -446,22 +446,25 @@ def figure3(pairs: pd.DataFrame, methods: Sequence[str]):
     return fig
 
 
+GEOMETRY_QUANTITIES = {  # Figure 3's per-problem quantities: column of the pairs, how a problem's pairs reduce
+    "phi_cos_mean": ("phi_cos", "mean"),
+    "negative_pair_share": ("phi_cos", lambda s: float((s < 0).mean())),
+    "semantic_cos_mean": ("semantic_cos", "mean"),
+}
+
+
 def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Our mean Phi cosine, negative-pair share and semantic cosine per method, beside the paper's.
 
     Each cell is the mean over seeds with [min, max] over seeds in brackets (not a confidence
     interval). The paper does not name the model size of its Figure 3.
     """
-    per_seed = pairs.groupby(["method", "seed"]).agg(
-        phi_cos_mean=("phi_cos", "mean"),
-        semantic_cos_mean=("semantic_cos", "mean"),
-        negative_pair_share=("phi_cos", lambda s: float((s < 0).mean())),
-    )
+    per_seed = pairs.groupby(["method", "seed"]).agg(**GEOMETRY_QUANTITIES)
     rows = []
     for method in [m for m in methods if m in per_seed.index.get_level_values(0)]:
         sub = per_seed.loc[method]
         row = {"method": method_label(method)}
-        for column in ["phi_cos_mean", "negative_pair_share", "semantic_cos_mean"]:
+        for column in GEOMETRY_QUANTITIES:
             scale = 100 if column == "negative_pair_share" else 1
             vals = sub[column] * scale
             row[column] = (
@@ -477,13 +480,6 @@ def geometry_summary(pairs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-GEOMETRY_QUANTITIES = {  # Figure 3's per-problem quantities: column of the pairs, how a problem's pairs reduce
-    "phi_cos_mean": ("phi_cos", "mean"),
-    "negative_pair_share": ("phi_cos", lambda s: float((s < 0).mean())),
-    "semantic_cos_mean": ("semantic_cos", "mean"),
-}
-
-
 def geometry_differences(
     pairs: pd.DataFrame, methods: Sequence[str], *, baseline: str = "grpo", n_resamples: int = 2000
 ) -> pd.DataFrame:
@@ -492,27 +488,30 @@ def geometry_differences(
     Per seed and problem: the mean Phi-cosine, the share of negative Phi-cosines and the mean
     semantic cosine over the problem's within-group pairs. The difference of the two methods' means
     over seeds and problems; the interval resamples the problems (paired: every policy samples the
-    same geometry problems) and each method's seeds (``hierarchical_bootstrap``). The negative
-    share is in points.
+    same geometry problems) and each method's seeds (``hierarchical_bootstrap``). Only problems
+    that every seed of both methods has are compared (``problems``); a method without one is left
+    out. The negative share is in points. Empty when ``baseline`` has no pairs.
     """
     per_problem = pairs.groupby(["method", "seed", "problem_id"]).agg(**GEOMETRY_QUANTITIES).reset_index()
     present = set(per_problem.method)
     if baseline not in present:
         return pd.DataFrame()
-
-    def matrix(method: str, column: str, problems: list[str]) -> np.ndarray:
-        sub = per_problem[per_problem.method == method]
-        return sub.pivot(index="seed", columns="problem_id", values=column).loc[:, problems].to_numpy(dtype=float)
-
+    base = per_problem[per_problem.method == baseline]
     rows = []
     for method in [m for m in methods if m != baseline and m in present]:
-        problems = sorted(
-            set(per_problem.problem_id[per_problem.method == method])
-            & set(per_problem.problem_id[per_problem.method == baseline])
-        )
+        other = per_problem[per_problem.method == method]
+        candidates = sorted(set(other.problem_id) | set(base.problem_id))
+        complete = ~np.isnan(seed_problem_matrix(other, candidates, "phi_cos_mean")).any(axis=0)
+        complete &= ~np.isnan(seed_problem_matrix(base, candidates, "phi_cos_mean")).any(axis=0)
+        problems = [p for p, keep in zip(candidates, complete) if keep]
+        if not problems:
+            continue
         for column in GEOMETRY_QUANTITIES:
             scale = 100 if column == "negative_pair_share" else 1
-            terms = [(1.0, matrix(method, column, problems)), (-1.0, matrix(baseline, column, problems))]
+            terms = [
+                (1.0, seed_problem_matrix(other, problems, column)),
+                (-1.0, seed_problem_matrix(base, problems, column)),
+            ]
             mean, low, high = hierarchical_bootstrap(terms, n_resamples=n_resamples)
             rows.append(
                 {
@@ -524,7 +523,7 @@ def geometry_differences(
                     "ci_high": round(scale * high, 3),
                     "significant": bool(low > 0 or high < 0),
                     "problems": len(problems),
-                    "seeds": int(per_problem.seed[per_problem.method == method].nunique()),
+                    "seeds": int(other.seed.nunique()),
                 }
             )
     return pd.DataFrame(rows)
@@ -656,7 +655,7 @@ def write_results_index(results_root: str | Path, profile: str) -> Path:
         f"[`{profile}/`]({profile}/); executed notebooks are in [`{profile}/notebooks/`]({profile}/notebooks/). "
         "In Tables 1 and 2, brackets are 95% bootstrap confidence intervals that resample problems and "
         "seeds; in Figure 3's table they are [min, max] over seeds. The paper's numbers sit beside "
-        "ours, with the paper's model named in the column. On the tiny profile, synthetic splits play the "
+        "ours, with the paper's model named in the column. On the tiny profiles, synthetic splits play the "
         "benchmarks (see the repository README), so compare the ordering of methods, not the values.\n",
     ]
     sections = [

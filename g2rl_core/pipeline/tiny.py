@@ -21,7 +21,8 @@ within-group Phi geometry is structured (docs/phi_vs_gradient.md says why the st
 gives near-random geometry).
 
 The ``valid`` split is for design choices (learning rate, steps) and the training-time
-validation curve; it draws after every other split, so adding it left them unchanged.
+validation curve; it draws after every other split, so adding it left them unchanged. It gets
+what the 3-5-addend space has left after ``train``: mostly 5 addends (no 3-addend problem is left).
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def solution(terms: list[int], rng: random.Random, error_rate: float = 0.0, solu
         total = new_total
     if solution_format == "answer":
         return f"\\boxed{{{total}}}"
+    if solution_format != "steps":
+        raise ValueError(f"solution_format = {solution_format!r}; expected 'steps' or 'answer'")
     return ",".join(steps) + f",\\boxed{{{total}}}"
 
 
