@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -138,11 +137,11 @@ def test_stale_config_check_reads_only_the_sidecar(tmp_path):
     cfg = TrainConfig()
     out = tmp_path / "run"
     model, optimizer = _trained_model_and_optimizer()
-    path = _save(out / ckpt.CHECKPOINTS, 10, model, optimizer, config=asdict(cfg))
+    path = _save(out / ckpt.CHECKPOINTS, 10, model, optimizer, config=ckpt.run_identity(cfg))
     for name in (ckpt.WEIGHTS, ckpt.STATE):  # if the check read these, it would fail
         (path / name).write_bytes(b"not read")
     (out / "log.jsonl").write_text('{"kind": "val", "step": 0}\n')
-    assert ckpt.read_config(path) == json.loads(json.dumps(asdict(cfg)))
+    assert ckpt.read_config(path) == json.loads(json.dumps(ckpt.run_identity(cfg)))
     assert not Trainer.discard_stale_checkpoint(cfg, out)
     assert not Trainer.discard_stale_checkpoint(TrainConfig(keep_checkpoints=3), out)  # does not change results
     assert Trainer.discard_stale_checkpoint(TrainConfig(lr=1e-6), out)

@@ -406,3 +406,34 @@ def test_a_checkpoint_without_a_later_setting_resumes_at_its_default(tmp_path):
     assert config_differences(saved, TrainConfig(old_policy_from_rollout=True)) == ["old_policy_from_rollout"]
     assert config_differences({**saved, "retired": 1}, TrainConfig()) == ["retired"]
     assert config_differences([], TrainConfig(lr=1.0)) == ["lr"]
+
+
+def test_a_rebuilt_base_model_makes_a_finished_run_stale(tiny_base, tmp_path):
+    """The config names the base model by path; a base rebuilt there with other weights must not be resumed from."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from g2rl_core.engines import checkpoint as ckpt
+
+    base = tmp_path / "build" / "x" / "base"
+    shutil.copytree(tiny_base / "base", base)
+    profile = load_profile("tiny", tiny_base / "params.yaml")
+    cfg = profile.train_config("grpo", 0, steps=2, checkpoint_every=2, model=str(base))
+    run = tmp_path / "run"
+    Trainer(cfg, run).train()
+    assert not Trainer.discard_stale_checkpoint(cfg, run)
+    (base / "sft_summary.json").write_text('{"sft_seconds": 1.0}')  # a record beside the weights: the same base
+    assert not Trainer.discard_stale_checkpoint(cfg, run)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    model.save_pretrained(base)  # the same path, other weights
+    with pytest.raises(ConfigError, match=r"different config or base model \(fields \['base_model_sha256'\]\)"):
+        Trainer(cfg, run).train()
+    assert Trainer.discard_stale_checkpoint(cfg, run)
+    assert ckpt.latest_checkpoint(run / ckpt.CHECKPOINTS) is None
+    # a record from before digests counts as another base; a hub name has no digest
+    assert ckpt.run_differences(cfg.to_dict(), cfg) == [ckpt.BASE_MODEL]
+    assert ckpt.run_differences(ckpt.run_identity(cfg), cfg) == []
+    assert ckpt.base_model_digest("Qwen/Qwen3-1.7B-Base") is None

@@ -57,6 +57,9 @@ _STEP_DIR = re.compile(r"step-(\d{8,})")
 
 # Settings that do not change what is trained: a resume may change them.
 RESULT_NEUTRAL = ("keep_checkpoints", "loggers")
+# A run's identity beyond its config: the digest of a local base model (``base_model_digest``).
+BASE_MODEL = "base_model_sha256"
+BASE_MODEL_FILES = ("config.json", "*.safetensors", "*.bin")  # what the digest covers: architecture and weights
 # Per-step statistics that must be finite (``update()`` reports them).
 WATCHED_STATS = ("loss", "grad_norm")
 
@@ -275,6 +278,36 @@ def verify_checkpoint(path: str | Path, names: Iterable[str] = FILES) -> dict[st
                 f"checkpoint file {file} fails its sha256 check against {MANIFEST}: it is damaged; {_remedy(path)}"
             )
     return manifest
+
+
+def base_model_digest(model: str) -> str | None:
+    """sha256 over a local model directory's ``BASE_MODEL_FILES`` (names and contents); None for a hub name.
+
+    A base model rebuilt at the same path (``g2rl sft`` with other settings, then ``dvc repro``)
+    leaves the config as it was, so a finished run would resume at its last step and keep the
+    policy trained from the old base; the digest makes that run stale. Records beside the weights
+    (``sft_summary.json``'s wall time) are left out, so a rebuild with the same weights is the same base.
+    """
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted({f for pattern in BASE_MODEL_FILES for f in path.glob(pattern) if f.is_file()}):
+        digest.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def run_identity(cfg) -> dict[str, Any]:
+    """What a run directory records to recognise its run: the config's fields and the base model's digest."""
+    return cfg.to_dict() | {BASE_MODEL: base_model_digest(cfg.model)}
+
+
+def run_differences(saved: dict[str, Any], cfg) -> list[str]:
+    """``config_differences``, plus ``BASE_MODEL`` when the base model's digest differs from the one
+    ``saved`` recorded (a record without one, from before digests, counts as different)."""
+    changed = config_differences(saved, cfg, ignore=(*RESULT_NEUTRAL, BASE_MODEL))
+    recorded = saved.get(BASE_MODEL) if isinstance(saved, dict) else None
+    return changed + [BASE_MODEL] if recorded != base_model_digest(cfg.model) else changed
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

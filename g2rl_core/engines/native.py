@@ -205,12 +205,17 @@ class Trainer:
             "rng": ckpt.capture_rng(),
         }
         return ckpt.save_checkpoint(
-            self.checkpoints_dir, self.step, self.model, state, self.cfg.to_dict(), keep=self.cfg.keep_checkpoints
+            self.checkpoints_dir,
+            self.step,
+            self.model,
+            state,
+            ckpt.run_identity(self.cfg),
+            keep=self.cfg.keep_checkpoints,
         )
 
     @staticmethod
     def discard_stale_checkpoint(cfg: TrainConfig, out: str | Path) -> bool:
-        """Delete the checkpoints and log in ``out`` if they were written with another config (or format).
+        """Delete the checkpoints and log in ``out`` if they were written with another config, base model or format.
 
         Reads only the checkpoint's config sidecar (checked against its sha256).
         """
@@ -221,7 +226,7 @@ class Trainer:
             legacy = out / ckpt.LEGACY_NAME
             latest = ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS)
             stale = legacy.exists() or (
-                latest is not None and bool(ckpt.config_differences(ckpt.read_config(latest), cfg))
+                latest is not None and bool(ckpt.run_differences(ckpt.read_config(latest), cfg))
             )
             if stale:
                 legacy.unlink(missing_ok=True)
@@ -242,9 +247,11 @@ class Trainer:
             self.log_path.unlink(missing_ok=True)
             forget_run_info(self.out)
             return
-        changed = ckpt.config_differences(ckpt.read_config(latest), self.cfg)
+        changed = ckpt.run_differences(ckpt.read_config(latest), self.cfg)
         if changed:
-            raise ConfigError(f"{latest} was written with a different config (fields {changed}); use a new --out")
+            raise ConfigError(
+                f"{latest} was written with a different config or base model (fields {changed}); use a new --out"
+            )
         state = ckpt.load_checkpoint(latest, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -384,10 +384,10 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, restart_on_config_change: bool)
             old = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        changed = ckpt.config_differences(old, cfg)
+        changed = ckpt.run_differences(old, cfg)
         if changed and not restart_on_config_change:
             raise ConfigError(
-                f"{config_path} was written with a different config (fields {changed}); use a new --out "
+                f"{config_path} was written with a different config or base model (fields {changed}); use a new --out "
                 "or --on-config-change restart"
             )
         if changed:
@@ -421,7 +421,7 @@ def train_with_trl(cfg: TrainConfig, out: str, restart_on_config_change: bool = 
         trackers = Trackers()
         if main_process:
             resume = prepare_run_dir(cfg, out_dir, restart_on_config_change)
-            ckpt.atomic_write_bytes(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+            ckpt.atomic_write_bytes(out_dir / "config.json", json.dumps(ckpt.run_identity(cfg), indent=1).encode())
             trackers = open_trackers(  # rank 0 only; dvclive is rebuilt from the (truncated) log.jsonl
                 cfg.loggers,
                 out_dir,
