@@ -170,6 +170,7 @@ class Trainer:
         if self.device.type == "cuda":  # a run that cannot fit says what it needs before anything loads
             require_fit(cfg, torch.cuda.get_device_properties(self.device).total_memory)
         self.model, self.tokenizer = load_policy(cfg.model, device=self.device, precision=cfg.precision)
+        self.identity = ckpt.run_identity(cfg)  # config + base model digest, hashed once; every checkpoint records it
         # the reference: same precision, same device, never trained, never checkpointed
         self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None
         if cfg.gradient_checkpointing:  # HF recomputes each decoder layer in backward (training mode only)
@@ -209,7 +210,7 @@ class Trainer:
             self.step,
             self.model,
             state,
-            ckpt.run_identity(self.cfg),
+            self.identity,
             keep=self.cfg.keep_checkpoints,
         )
 

@@ -112,7 +112,9 @@ SPLITS = [
     SplitSpec("hardest", (6, 6), 15, 64, plays="AIME25"),
     SplitSpec("choice", (4, 4), 9, 64, kind="choice", plays="GPQA-Diamond"),
     SplitSpec("choice10", (3, 5), 9, 96, kind="choice", options=10, plays="MMLU-Pro"),
-    SplitSpec("valid", (3, 5), 9, 64, plays="validation: design choices, never reported as a result"),
+    SplitSpec(
+        "valid", (3, 5), 9, 64, plays="validation: design choices, Figure 2 and the ablation's score; no benchmark"
+    ),
 ]
 # Splits draw in this order (others first); "train" and "valid" draw last so they cannot use up
 # the held-out problems, and "valid" after "train" so that adding it changed no other split.
