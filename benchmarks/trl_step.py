@@ -1,9 +1,12 @@
 """Benchmark: median training-step time, our trainer vs TRL's GRPOTrainer, for grpo and g2rl.
 
 Same tiny profile, same base model, same batch shapes (prompts_per_step x rollouts_per_prompt
-completions per step, mini-batches of ppo_mini_batch_size prompts). A training step is one
-generation plus its optimiser steps: ours logs it as step_time_s; for TRL it is the sum of
-its per-optimiser-step ``step_time`` over the optimiser steps that share one generation.
+completions per step, mini-batches of ppo_mini_batch_size prompts), same precision. A training
+step is one generation plus its optimiser steps, each with its gradient clipping, optimiser step
+and zeroing of gradients; logging and checkpoints are outside it for both engines. Ours logs it as
+step_time_s; for TRL, ``StepClock`` times each optimiser step from ``on_step_begin`` to
+``on_step_end`` (TRL's own ``step_time`` metric counts ``training_step`` only: no clipping, no
+optimiser step) and the optimiser steps that share one generation are summed.
 The first --warmup steps are not counted. The runs use the profile's learning rate, so the two
 engines (and the two methods) sample different rollouts after the first update, of different
 lengths: compare ratios over several rounds, not one run. The TRL g2rl/grpo ratio is the cost of the extra
@@ -18,7 +21,10 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from g2rl_core.config import load_profile
 from g2rl_core.engines.native import Trainer
@@ -32,10 +38,25 @@ def native_step_times(cfg) -> list[float]:
     return [r["step_time_s"] for r in rows if r["kind"] == "train"]
 
 
+class StepClock(TrainerCallback):
+    """Wall time of each optimiser step of TRL's trainer: its training_step calls (generation included),
+    gradient clipping, optimiser and scheduler steps and zero_grad."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
+
+
 def trl_step_times(cfg) -> list[float]:
+    clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
-        trainer = train_with_trl(cfg, out)
-    per_optimizer_step = [row["step_time"] for row in trainer.state.log_history if "step_time" in row]
+        trainer = train_with_trl(cfg, out, callbacks=[clock])
+    per_optimizer_step = clock.times
     k = trainer.args.steps_per_generation
     return [sum(per_optimizer_step[i : i + k]) for i in range(0, len(per_optimizer_step), k)]
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_qwen3
 
+from g2rl_core.config import load_profile
 from g2rl_core.maths.features import causal_lm_sequence_features
 from g2rl_core.models import load_policy
 from g2rl_core.rollout import TransformersRollout, encode_prompts
@@ -24,6 +25,7 @@ from g2rl_core.rollout.decode import (
     direct_step_refusal,
     fast_loop_refusal,
     qwen3_decode_step,
+    use_gqa_sdpa,
 )
 
 PROFILE_BASE = Path(__file__).resolve().parents[1] / "build" / "tiny" / "base"
@@ -135,6 +137,42 @@ def test_gqa_inside_sdpa_matches_repeated_heads_bit_for_bit():
             q, k_buffer[:, :, :kv_len], v_buffer[:, :, :kv_len], attn_mask=mask, scale=32**-0.5, enable_gqa=True
         )
         assert torch.equal(got, expected), (batch, query_heads, kv_heads, q_len, kv_len)
+
+
+def test_batched_passes_with_gqa_inside_sdpa_match_sdpa(tiny_base, tmp_path):
+    """``use_gqa_sdpa``: the trainer's padded forward gives ``sdpa``'s bits, and its backward the same
+    gradients up to float32 rounding; a model off the CPU or with another attention is left alone."""
+    from g2rl_core.engines.native import Trainer
+    from g2rl_core.maths.features import response_hidden_states
+
+    model = tiny_qwen3(tie_word_embeddings=False, hidden_size=64)
+    generator = torch.Generator().manual_seed(1)
+    prompt_ids, response_ids = torch.randint(0, 97, (6, 9), generator=generator), torch.randint(0, 97, (6, 7))
+    prompt_mask, response_mask = torch.ones(6, 9, dtype=torch.long), torch.ones(6, 7, dtype=torch.long)
+    for row, (left, right) in enumerate([(0, 0), (3, 2), (8, 6), (1, 0), (5, 4), (2, 1)]):
+        prompt_mask[row, :left], response_mask[row, 7 - right :] = 0, 0
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        hidden = response_hidden_states(model, prompt_ids, prompt_mask, response_ids, response_mask)
+        (hidden * response_mask[..., None]).pow(2).sum().backward()
+        return hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    expected, expected_grads = forward_backward()
+    use_gqa_sdpa(model)
+    assert model.config._attn_implementation == GQA_SDPA
+    got, grads = forward_backward()
+    assert torch.equal(got, expected)
+    assert grads.keys() == expected_grads.keys() and "model.layers.0.self_attn.k_proj.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    eager = tiny_qwen3(tie_word_embeddings=False)
+    eager.set_attn_implementation("eager")
+    use_gqa_sdpa(eager)
+    assert eager.config._attn_implementation == "eager"
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=1, device="cpu")
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.model.config._attn_implementation == trainer.ref.config._attn_implementation == GQA_SDPA
 
 
 def test_a_generation_config_with_other_processors_goes_to_generate():

@@ -10,11 +10,14 @@ import pytest
 
 pytest.importorskip("trl")
 
+from transformers import TrainerCallback  # noqa: E402
+
 from g2rl_core.config import load_profile  # noqa: E402
 from g2rl_core.engines.trl import (  # noqa: E402
     TRL_TO_NATIVE,
     grpo_config_from_profile,
     native_row,
+    optimizer_steps_per_step,
     train_with_trl,
 )
 from g2rl_core.errors import ConfigError  # noqa: E402
@@ -32,7 +35,16 @@ def test_single_process_run_logs_geometry_and_the_native_layout(tiny_base, tmp_p
 
     profile = load_profile("tiny", tiny_base / "params.yaml")
     cfg = profile.train_config("g2rl", 0, steps=2, val_every=2)
-    trainer = train_with_trl(cfg, str(tmp_path / "trl"))
+
+    class CountSteps(TrainerCallback):
+        optimizer_steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.optimizer_steps += 1
+
+    counter = CountSteps()  # extra callbacks reach TRL's trainer (benchmarks/trl_step.py times steps with one)
+    trainer = train_with_trl(cfg, str(tmp_path / "trl"), callbacks=[counter])
+    assert counter.optimizer_steps == trainer.state.global_step == 2 * optimizer_steps_per_step(cfg)
     logged = [row for row in trainer.state.log_history if "g2rl/nu_mean" in row]
     assert len(logged) == 2  # one generation per training step
     for row in logged:

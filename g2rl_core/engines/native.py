@@ -10,7 +10,9 @@ reward transform in ``methods.METHODS``. Design choices:
 - Placement and precision: policy, reference and every batch tensor live on ``cfg.device``
   ("auto": the GPU when there is one); ``precision: bf16`` holds weights and runs the decoder in
   bfloat16, while Phi's softmax, log-probs, entropies and sums stay float32 (``features``
-  accumulates in float32 for any non-float64 input), and so do the loss and advantages.
+  accumulates in float32 for any non-float64 input), and so do the loss and advantages. On the
+  CPU, policy and reference run grouped-query attention inside SDPA (``rollout.decode.use_gqa_sdpa``:
+  no copies of repeated key/value heads; the forward's bits unchanged, gradients to rounding).
 - Every no-grad pass (old policy with Phi unless ``old_policy_from_rollout``, reference) runs over micro-batches of
   ``log_prob_micro_batch_size`` responses, each trimmed to its own padding width, so its peak
   memory depends on the micro-batch, not on prompts_per_step x rollouts_per_prompt.
@@ -68,7 +70,7 @@ from g2rl_core.plan import require_fit
 from g2rl_core.prompt_order import step_prompts
 from g2rl_core.provenance import forget_run_info
 from g2rl_core.rollout import RolloutBatch, make_rollout
-from g2rl_core.rollout.decode import fast_loop_refusal
+from g2rl_core.rollout.decode import fast_loop_refusal, use_gqa_sdpa
 from g2rl_core.runlock import run_lock
 from g2rl_core.tracking import Trackers, completions_table, open_trackers, read_log, remove_tracker_files
 
@@ -170,6 +172,7 @@ class Trainer:
         if self.device.type == "cuda":  # a run that cannot fit says what it needs before anything loads
             require_fit(cfg, torch.cuda.get_device_properties(self.device).total_memory)
         self.model, self.tokenizer = load_policy(cfg.model, device=self.device, precision=cfg.precision)
+        use_gqa_sdpa(self.model)  # CPU: grouped-query attention inside SDPA, here and in the reference's copy
         self.identity = ckpt.run_identity(cfg)  # config + base model digest, hashed once; every checkpoint records it
         # the reference: same precision, same device, never trained, never checkpointed
         self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.use_kl_loss else None
@@ -179,7 +182,10 @@ class Trainer:
         self.backend = make_rollout(cfg.rollout, self.model, self.tokenizer, model_path=cfg.model, seed=cfg.seed)
         self.method = METHODS[cfg.method]
         self.encode = sentence_encoder(cfg.encoder) if self.method.needs_encoder else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel per parameter, the same update to rounding (TRL's default optimiser, adamw_torch_fused)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        )
         self.scheduler = lr_schedule(self.optimizer, cfg.lr_warmup_steps)
         self.step = 0
         self.trackers = Trackers()  # opened by train() (cfg.loggers)

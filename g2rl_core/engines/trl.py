@@ -52,6 +52,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -406,9 +407,12 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, restart_on_config_change: bool)
     return latest
 
 
-def train_with_trl(cfg: TrainConfig, out: str, restart_on_config_change: bool = False, **config_overrides):
+def train_with_trl(
+    cfg: TrainConfig, out: str, restart_on_config_change: bool = False, callbacks: Sequence = (), **config_overrides
+):
     """``g2rl train --engine trl``: the same profile, run by TRL, resumed from the newest checkpoint in
-    ``out``. Writes the native run layout (``final/``, ``log.jsonl``, ``config.json``). Returns the trainer."""
+    ``out``. Writes the native run layout (``final/``, ``log.jsonl``, ``config.json``). Returns the trainer.
+    ``callbacks``: more ``TrainerCallback`` objects for TRL's trainer (benchmarks/trl_step.py times steps with one)."""
     from g2rl_core.evaluation.benchmarks import load_problems
 
     out_dir = Path(out)
@@ -447,7 +451,7 @@ def train_with_trl(cfg: TrainConfig, out: str, restart_on_config_change: bool = 
                 train_dataset=dataset,
                 processing_class=tokenizer,
                 exploration=cfg,
-                callbacks=[run_log],
+                callbacks=[run_log, *callbacks],
             )
             run_log.completions = lambda: trainer.completions
             trainer.train(resume_from_checkpoint=resume)

@@ -137,6 +137,19 @@ AttentionInterface.register(GQA_SDPA, gqa_sdpa_attention)
 AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)  # the same boolean masks as "sdpa"
 
 
+def use_gqa_sdpa(model) -> None:
+    """Switch a CPU ``sdpa`` model to ``gqa_sdpa_attention`` for all its later calls (other models: unchanged).
+
+    The native trainer's batched passes (the update's forward and backward, the reference pass, the
+    old-policy pass) then skip ``repeat_kv``'s copies of every key/value head. Forward: the same bits
+    as ``sdpa`` (point 3). Backward: the CPU kernel sums each key/value head's gradient over its query
+    heads itself, where ``sdpa`` sums through ``repeat_kv``'s backward, so those gradients differ by
+    float32 rounding. The setting is not saved with the weights (``save_pretrained`` omits it).
+    """
+    if model.config._attn_implementation == "sdpa" and model.device.type == "cpu":
+        model.set_attn_implementation(GQA_SDPA)
+
+
 class InPlaceKVLayer(DynamicLayer):
     """A ``DynamicLayer`` that writes into preallocated room for ``capacity`` positions.
 
