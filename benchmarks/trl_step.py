@@ -3,7 +3,8 @@
 Same tiny profile, same base model, same batch shapes (prompts_per_step x rollouts_per_prompt
 completions per step, mini-batches of ppo_mini_batch_size prompts), same precision. A training
 step is one generation plus its optimiser steps, each with its gradient clipping, optimiser step
-and zeroing of gradients; logging and checkpoints are outside it for both engines. Ours logs it as
+and zeroing of gradients; log writing, validation and checkpoints are outside it for both engines
+(ours does build the step's completions table for its tracker inside it). Ours logs it as
 step_time_s; for TRL, ``StepClock`` times each optimiser step from ``on_step_begin`` to
 ``on_step_end`` (TRL's own ``step_time`` metric counts ``training_step`` only: no clipping, no
 optimiser step) and the optimiser steps that share one generation are summed.

@@ -139,9 +139,11 @@ def test_gqa_inside_sdpa_matches_repeated_heads_bit_for_bit():
         assert torch.equal(got, expected), (batch, query_heads, kv_heads, q_len, kv_len)
 
 
-def test_batched_passes_with_gqa_inside_sdpa_match_sdpa(tiny_base, tmp_path):
+def test_batched_passes_with_gqa_inside_sdpa_match_sdpa(tiny_base, tmp_path, monkeypatch):
     """``use_gqa_sdpa``: the trainer's padded forward gives ``sdpa``'s bits, and its backward the same
     gradients up to float32 rounding; a model off the CPU or with another attention is left alone."""
+    from transformers.integrations import sdpa_attention
+
     from g2rl_core.engines.native import Trainer
     from g2rl_core.maths.features import response_hidden_states
 
@@ -161,7 +163,9 @@ def test_batched_passes_with_gqa_inside_sdpa_match_sdpa(tiny_base, tmp_path):
     expected, expected_grads = forward_backward()
     use_gqa_sdpa(model)
     assert model.config._attn_implementation == GQA_SDPA
-    got, grads = forward_backward()
+    with monkeypatch.context() as patch:  # the key/value heads are not repeated: SDPA's enable_gqa ran
+        patch.setattr(sdpa_attention, "repeat_kv", lambda *a: pytest.fail("repeat_kv ran"))
+        got, grads = forward_backward()
     assert torch.equal(got, expected)
     assert grads.keys() == expected_grads.keys() and "model.layers.0.self_attn.k_proj.weight" in grads
     for name, grad in grads.items():
@@ -172,6 +176,7 @@ def test_batched_passes_with_gqa_inside_sdpa_match_sdpa(tiny_base, tmp_path):
     assert eager.config._attn_implementation == "eager"
     cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=1, device="cpu")
     trainer = Trainer(cfg, tmp_path)
+    trainer.train_step()  # the sampling loop leaves the switched policy as it is
     assert trainer.model.config._attn_implementation == trainer.ref.config._attn_implementation == GQA_SDPA
 
 

@@ -397,6 +397,29 @@ def test_the_old_policy_pass_runs_where_the_sampling_loop_is_refused(tiny_base, 
     assert calls == [1]
 
 
+def test_a_checkpoint_from_before_fused_adamw_resumes_fused(tiny_base, tmp_path, monkeypatch):
+    """Its saved moments are loaded, and the optimiser keeps today's fused kernel (torch would restore
+    the saved groups' ``fused: None``)."""
+    from g2rl_core.engines import native
+
+    cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=1, checkpoint_every=1)
+    Trainer(cfg, tmp_path).train()
+    real = native.ckpt.load_checkpoint
+
+    def unfused(*args, **kwargs):
+        state = real(*args, **kwargs)
+        for group in state["optimizer"]["param_groups"]:
+            group["fused"] = None
+        return state
+
+    monkeypatch.setattr(native.ckpt, "load_checkpoint", unfused)
+    resumed = Trainer(cfg, tmp_path)
+    resumed.maybe_resume()
+    assert resumed.step == 1 and all(group["fused"] for group in resumed.optimizer.param_groups)
+    assert all(len(resumed.optimizer.state[p]) for p in resumed.model.parameters())  # the moments came back
+    resumed.train_step()
+
+
 def test_a_checkpoint_without_a_later_setting_resumes_at_its_default(tmp_path):
     from g2rl_core.engines.checkpoint import config_differences
 

@@ -260,6 +260,8 @@ class Trainer:
                 f"{latest} was written with a different config or base model (fields {changed}); use a new --out"
             )
         state = ckpt.load_checkpoint(latest, self.model)
+        for group in state["optimizer"]["param_groups"]:  # saved moments, today's kernel: a checkpoint
+            group["fused"] = self.optimizer.defaults["fused"]  # from before fused AdamW resumes fused
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.restore_rng(state["rng"])

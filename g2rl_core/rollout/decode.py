@@ -144,7 +144,8 @@ def use_gqa_sdpa(model) -> None:
     old-policy pass) then skip ``repeat_kv``'s copies of every key/value head. Forward: the same bits
     as ``sdpa`` (point 3). Backward: the CPU kernel sums each key/value head's gradient over its query
     heads itself, where ``sdpa`` sums through ``repeat_kv``'s backward, so those gradients differ by
-    float32 rounding. The setting is not saved with the weights (``save_pretrained`` omits it).
+    rounding (tests/test_rollout.py checks float32; in bf16 they differ by bf16 rounding). The
+    setting is not saved with the weights (``save_pretrained`` omits it).
     """
     if model.config._attn_implementation == "sdpa" and model.device.type == "cpu":
         model.set_attn_implementation(GQA_SDPA)
