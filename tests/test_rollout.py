@@ -174,6 +174,9 @@ def test_batched_passes_with_gqa_inside_sdpa_match_sdpa(tiny_base, tmp_path, mon
     eager.set_attn_implementation("eager")
     use_gqa_sdpa(eager)
     assert eager.config._attn_implementation == "eager"
+    off_cpu = tiny_qwen3(tie_word_embeddings=False).to("meta")  # a device other than the CPU
+    use_gqa_sdpa(off_cpu)
+    assert off_cpu.config._attn_implementation == "sdpa"
     cfg = load_profile("tiny", tiny_base / "params.yaml").train_config("grpo", 0, steps=1, device="cpu")
     trainer = Trainer(cfg, tmp_path)
     trainer.train_step()  # the sampling loop leaves the switched policy as it is
